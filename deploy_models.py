@@ -1,0 +1,482 @@
+"""The pydantic models tidegate's CLI, workflows and activities share.
+
+Three groups live here, because all of them cross the Temporal boundary and must mean the same
+thing on both sides of it:
+
+- the deployment spec, the YAML contract a user keeps next to their service (camelCase fields,
+  like Kubernetes manifests), validated completely before anything touches Temporal or a cluster;
+- the run's state: phases, recorded events, signals' payloads, the status query and the result;
+- the inputs of activities, so an activity's signature says exactly what it acts on.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+# ---------------------------------------------------------------------------------------------
+# Durations: "30s", "10m", "1h30m", as Kubernetes users write them.
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION = re.compile(rf"^(?:{_DURATION_PART.pattern})+$")
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse `30s`, `10m`, `1h30m`, `250ms` (or pass a timedelta through)."""
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, str) and _DURATION.match(value.strip()):
+        seconds = sum(
+            float(number) * _DURATION_UNITS[unit]
+            for number, unit in _DURATION_PART.findall(value.strip())
+        )
+        return timedelta(seconds=seconds)
+    raise ValueError(f"{value!r} is not a duration (write it as e.g. 30s, 10m, 1h)")
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a timedelta the way it is written in a spec (`1h30m`, `45s`, `250ms`)."""
+    total_ms = round(value.total_seconds() * 1000)
+    if total_ms == 0:
+        return "0s"
+    if total_ms % 1000:
+        return f"{total_ms}ms"
+    seconds = total_ms // 1000
+    parts = []
+    for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
+
+
+def _non_negative(value: timedelta) -> timedelta:
+    if value < timedelta(0):
+        raise ValueError("must not be negative")
+    return value
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str),
+]
+
+# ---------------------------------------------------------------------------------------------
+# Names
+
+DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
+# `{app}-green` must itself be a valid name, so an app name leaves room for the longest suffix.
+MAX_APP_NAME = 63 - len("-canary")
+
+
+def _dns_label(value: str) -> str:
+    if len(value) > 63 or not DNS1123_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label "
+            "(lower-case letters, digits and '-', starting and ending with a letter or digit, "
+            "at most 63 characters)"
+        )
+    return value
+
+
+class Model(BaseModel):
+    """Base of every tidegate model: camelCase on the wire, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        serialize_by_alias=True,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The deployment spec
+
+
+class SmokeTest(Model):
+    """An HTTP GET that must answer `expectStatus` before traffic is moved.
+
+    `url` may use `{app}`, `{namespace}`, `{colour}` (the new colour) and `{service}` (the
+    preview service, or the new colour's Deployment name when there is none).
+    """
+
+    url: str
+    expect_status: int = Field(200, ge=100, le=599)
+    timeout: Duration = timedelta(seconds=5)
+    retries: int = Field(3, ge=0, le=100)
+    interval: Duration = timedelta(seconds=2)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        try:
+            value.format(app="a", namespace="n", colour="c", service="s")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(
+                f"{value!r} uses an unknown placeholder {exc} "
+                "(known: {app}, {namespace}, {colour}, {service})"
+            ) from None
+        return value
+
+    @field_validator("timeout", "interval")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class Approval(Model):
+    """A manual gate: the run waits for an `approve` signal, and aborts after `timeout`."""
+
+    timeout: Duration | None = None
+
+    @field_validator("timeout")
+    @classmethod
+    def _positive(cls, value: timedelta | None) -> timedelta | None:
+        if value is not None and value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+
+class BlueGreenSettings(Model):
+    active_service: str | None = None
+    preview_service: str | None = None
+    smoke_test: SmokeTest | None = None
+    approval: Approval | None = None
+    scale_down_delay: Duration = timedelta(minutes=10)
+    progress_deadline: Duration = timedelta(minutes=10)
+
+    @field_validator("active_service", "preview_service")
+    @classmethod
+    def _service_name(cls, value: str | None) -> str | None:
+        return None if value is None else _dns_label(value)
+
+    @field_validator("scale_down_delay")
+    @classmethod
+    def _delay(cls, value: timedelta) -> timedelta:
+        return _non_negative(value)
+
+    @field_validator("progress_deadline")
+    @classmethod
+    def _deadline(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+    @model_validator(mode="after")
+    def _distinct_services(self) -> BlueGreenSettings:
+        if self.preview_service is not None and self.preview_service == self.active_service:
+            raise ValueError("previewService must differ from activeService")
+        return self
+
+
+StrategyType = Literal["recreate", "rolling", "blueGreen", "canary", "abTest"]
+IMPLEMENTED_STRATEGIES: tuple[str, ...] = ("blueGreen",)
+
+
+class Strategy(Model):
+    type: StrategyType
+    blue_green: BlueGreenSettings | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _implemented(cls, value: str) -> str:
+        if value not in IMPLEMENTED_STRATEGIES:
+            raise ValueError(
+                f"{value!r} is not implemented yet (implemented: {', '.join(IMPLEMENTED_STRATEGIES)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _settings_match_type(self) -> Strategy:
+        if self.type == "blueGreen" and self.blue_green is None:
+            self.blue_green = BlueGreenSettings()
+        return self
+
+
+class DeploymentSpec(Model):
+    """What a user asks tidegate to do: which app, which image, which strategy."""
+
+    app: str
+    namespace: str = "default"
+    image: str
+    replicas: int = Field(3, ge=1, le=1000)
+    container_port: int = Field(8080, ge=1, le=65535)
+    strategy: Strategy
+
+    @field_validator("app")
+    @classmethod
+    def _app(cls, value: str) -> str:
+        _dns_label(value)
+        if len(value) > MAX_APP_NAME:
+            raise ValueError(
+                f"{value!r} is longer than {MAX_APP_NAME} characters "
+                "(tidegate adds suffixes such as '-canary' to it)"
+            )
+        return value
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace(cls, value: str) -> str:
+        return _dns_label(value)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("must not be empty")
+        if not IMAGE_REFERENCE.match(value):
+            raise ValueError(f"{value!r} is not an image reference (e.g. registry/myapp:2.0)")
+        return value
+
+    @property
+    def blue_green(self) -> BlueGreenSettings:
+        assert self.strategy.blue_green is not None
+        return self.strategy.blue_green
+
+    @property
+    def active_service(self) -> str:
+        return self.blue_green.active_service or self.app
+
+
+class SpecError(ValueError):
+    """A spec that cannot be deployed; each problem names its field path."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+def _field_path(location: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in location:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += ("." if path else "") + part
+    return path or "(spec)"
+
+
+def describe_validation_error(error: ValidationError) -> list[str]:
+    """One line per problem: `field.path: what is wrong`."""
+    problems = []
+    for item in error.errors():
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "is not a known field"
+        elif item["type"] == "missing":
+            message = "is required"
+        elif item["type"] == "literal_error":
+            message = f"{item['input']!r} is not one of the choices: " + message.removeprefix(
+                "Input should be "
+            )
+        problems.append(f"{_field_path(item['loc'])}: {message}")
+    return problems
+
+
+def parse_spec(document: Any) -> DeploymentSpec:
+    """Validate a loaded YAML document; raise SpecError naming every bad field."""
+    if not isinstance(document, dict):
+        raise SpecError(["(spec): must be a mapping with at least app, image and strategy"])
+    try:
+        return DeploymentSpec.model_validate(document)
+    except ValidationError as error:
+        raise SpecError(describe_validation_error(error)) from None
+
+
+def load_spec_file(path: str) -> DeploymentSpec:
+    """Read and validate a spec file (YAML)."""
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            document = yaml.safe_load(handle)
+    except OSError as error:
+        raise SpecError([f"{path}: cannot be read ({error.strerror})"]) from None
+    except yaml.YAMLError as error:
+        raise SpecError([f"{path}: is not valid YAML ({error})"]) from None
+    return parse_spec(document)
+
+
+# ---------------------------------------------------------------------------------------------
+# A run's state, as the status query, the UI and the result show it
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"
+    ROLLING_OUT = "RollingOut"
+    SMOKE_TESTING = "SmokeTesting"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    SWITCHING = "Switching"
+    KEEPING_PREVIOUS = "KeepingPrevious"
+    CLEANING_UP = "CleaningUp"
+    ROLLING_BACK = "RollingBack"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    FAILED = "Failed"
+
+
+class Outcome(StrEnum):
+    PROMOTED = "promoted"
+    ROLLED_BACK = "rolledBack"
+    ABORTED = "aborted"
+    FAILED = "failed"
+
+
+OUTCOME_PHASE = {
+    Outcome.PROMOTED: Phase.PROMOTED,
+    Outcome.ROLLED_BACK: Phase.ROLLED_BACK,
+    Outcome.ABORTED: Phase.ABORTED,
+    Outcome.FAILED: Phase.FAILED,
+}
+
+
+class Decision(Model):
+    """The payload of approve / abort / rollback: who sent it and why."""
+
+    by: str = Field(min_length=1)
+    reason: str = ""
+
+
+class Event(Model):
+    """One line of a run's record: what happened, when, and (for signals) who asked."""
+
+    at: datetime
+    kind: str
+    message: str
+    by: str | None = None
+    reason: str | None = None
+
+
+class DeploymentInput(Model):
+    spec: DeploymentSpec
+    requested_by: str = "unknown"
+
+
+class DeploymentResult(Model):
+    outcome: Outcome
+    reason: str
+    by: str | None = None
+    app: str
+    namespace: str
+    image: str
+    active_version: str | None = None
+    previous_version: str | None = None
+    started_at: datetime
+    finished_at: datetime
+    events: list[Event] = []
+
+
+class DeploymentStatus(Model):
+    app: str
+    namespace: str
+    strategy: str
+    image: str
+    phase: Phase
+    active_version: str | None = None
+    new_version: str | None = None
+    previous_version: str | None = None
+    started_at: datetime
+    updated_at: datetime
+    timer_ends_at: datetime | None = None
+    events: list[Event] = []
+    result: DeploymentResult | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Activity inputs and outputs
+
+
+class ObjectRef(Model):
+    namespace: str
+    name: str
+
+
+class ServiceRef(ObjectRef):
+    """A Service and the pod label that decides which version it sends traffic to."""
+
+    version_label: str = "version"
+
+
+class WorkloadSpec(Model):
+    """A Deployment tidegate owns: `{app}-{version}`, labelled `app` and `version`."""
+
+    namespace: str
+    name: str
+    app: str
+    version: str
+    image: str
+    replicas: int
+    container_port: int
+    progress_deadline_seconds: int
+    version_label: str = "version"
+
+
+class RolloutWait(Model):
+    """Wait for a Deployment's rollout; `deadline` is fixed by the workflow, not the activity."""
+
+    namespace: str
+    name: str
+    deadline: datetime
+    poll_interval: Duration = timedelta(seconds=1)
+
+
+class RolloutState(Model):
+    replicas: int
+    updated_replicas: int
+    ready_replicas: int
+    available_replicas: int
+    complete: bool
+    message: str
+
+
+class ServiceSwitch(Model):
+    """Point a Service's selector at `to_version`, only if it is still at `from_version`.
+
+    `from_version` None means the Service does not exist yet (a first deployment) and is created.
+    `any_current` is for Services tidegate alone uses (the preview): whatever they select, switch.
+    """
+
+    namespace: str
+    name: str
+    app: str
+    from_version: str | None
+    to_version: str
+    any_current: bool = False
+    port: int = 80
+    target_port: int
+    version_label: str = "version"
+
+
+class SmokeCheck(Model):
+    url: str
+    expect_status: int
+    timeout: Duration
+
+
+class SmokeResult(Model):
+    url: str
+    status: int
+    elapsed_ms: float

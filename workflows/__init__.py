@@ -1,0 +1,13 @@
+"""One workflow per strategy, plus the building blocks they share (`workflows.common`)."""
+
+from workflows.blue_green import BlueGreenWorkflow
+
+TASK_QUEUE = "tidegate"
+
+# strategy.type → the workflow that carries it out
+WORKFLOWS: dict[str, type] = {"blueGreen": BlueGreenWorkflow}
+
+
+def workflow_id(namespace: str, app: str) -> str:
+    """One run per app and namespace at a time: the id is derived from them."""
+    return f"deploy-{namespace}-{app}"
