@@ -1,11 +1,17 @@
 """One workflow per strategy, plus the building blocks they share (`workflows.common`)."""
 
+from collections.abc import Callable
+
+from deploy_models import DeploymentSpec
+from workflows import blue_green
 from workflows.blue_green import BlueGreenWorkflow
 
 TASK_QUEUE = "tidegate"
 
 # strategy.type → the workflow that carries it out
 WORKFLOWS: dict[str, type] = {"blueGreen": BlueGreenWorkflow}
+# strategy.type → the steps `starter.py plan` prints
+PLANS: dict[str, Callable[[DeploymentSpec], list[str]]] = {"blueGreen": blue_green.plan}
 
 
 def workflow_id(namespace: str, app: str) -> str:

@@ -23,7 +23,7 @@ from workflows.common import (
 
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
-    from deploy_models import DeploymentInput, DeploymentResult, Outcome, Phase, ServiceRef, format_duration
+    from deploy_models import DeploymentInput, DeploymentResult, DeploymentSpec, Outcome, Phase, ServiceRef, format_duration
 
 COLOURS = ("blue", "green")
 
@@ -152,3 +152,39 @@ class BlueGreenWorkflow(DeploymentWorkflow):
                 summary=f"delete {spec.app}-{new}",
             )
             self.record("removed", f"deleted {spec.app}-{new}")
+
+
+def plan(spec: DeploymentSpec) -> list[str]:
+    """The steps a blue/green run of `spec` takes, for `starter.py plan`."""
+    settings = spec.blue_green
+    service = spec.active_service
+    steps = [
+        f"read which colour Service {service} selects (version=blue|green; none yet: deploy blue)",
+        f"apply Deployment {spec.app}-<new colour> with {spec.image} "
+        f"({spec.replicas} replicas, port {spec.container_port})",
+        f"wait until its rollout is complete (progress deadline {format_duration(settings.progress_deadline)})",
+    ]
+    if settings.preview_service:
+        steps.append(f"point preview Service {settings.preview_service} at the new colour")
+    smoke = settings.smoke_test
+    if smoke:
+        steps.append(
+            f"smoke test GET {smoke.url} expecting {smoke.expect_status} "
+            f"(timeout {format_duration(smoke.timeout)}, {smoke.retries} retries "
+            f"{format_duration(smoke.interval)} apart)"
+        )
+    else:
+        steps.append("no smoke test (strategy.blueGreen.smokeTest is not set)")
+    if settings.approval is not None:
+        timeout = settings.approval.timeout
+        steps.append(
+            "wait for an approve signal"
+            + (f" (aborts after {format_duration(timeout)})" if timeout else " (no time limit)")
+        )
+    steps += [
+        f"switch Service {service} to the new colour (all traffic at once)",
+        f"keep the old colour for {format_duration(settings.scale_down_delay)} (durable timer; "
+        "rollback or abort switches back at once)",
+        "delete the old colour's Deployment",
+    ]
+    return steps

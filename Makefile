@@ -1,0 +1,27 @@
+# tidegate: `make demo` runs the main job locally, `make test` runs the whole suite.
+# Each target sets up its own virtual environment (.venv) from pyproject.toml.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test worker clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m sandbox.demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+worker: $(STAMP)
+	$(BIN)/python worker.py
+
+clean:
+	rm -rf $(VENV) .demo .pytest_cache *.egg-info

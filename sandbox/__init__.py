@@ -1,0 +1,1 @@
+"""Local stand-ins for external systems used by tests and the demo."""

@@ -1,0 +1,63 @@
+"""The CLI contract CI depends on: output and exit codes, checked without Temporal or a cluster."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import starter
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "starter.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+def test_plan_accepts_every_example(example: str) -> None:
+    done = run("plan", f"examples/{example}")
+    assert done.returncode == 0, done.stderr
+    assert "switch Service" in done.stdout or "setWeight" in done.stdout or "  1." in done.stdout
+
+
+def test_plan_shows_the_steps_and_timers() -> None:
+    done = run("plan", "examples/blue-green.yaml")
+    assert done.returncode == 0
+    assert "progress deadline 10m" in done.stdout
+    assert "keep the old colour for 10m" in done.stdout
+    assert "smoke test GET" in done.stdout
+
+
+def test_bad_spec_exits_2_naming_the_field_without_contacting_temporal(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("app: myapp\nimage: myapp:2\nstrategy:\n  type: blueGreen\n  blueGreen:\n    scaleDownDelay: 10x\n")
+    # An address nothing listens on: a start that got past validation would fail with 1, not 2.
+    env = {"PATH": "/usr/bin:/bin", "TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    done = run("start", str(bad), "--wait", env=env)
+    assert done.returncode == 2
+    assert "strategy.blueGreen.scaleDownDelay: '10x' is not a duration" in done.stderr
+
+
+def test_unreadable_and_non_yaml_specs_exit_2(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("app: [unclosed\n")
+    assert starter.main(["plan", str(broken)]) == 2
+    assert starter.main(["plan", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_image_override_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert starter.main(["plan", "examples/blue-green.yaml", "--image", "bad image"]) == 2
+    assert "image: 'bad image' is not an image reference" in capsys.readouterr().err
+    assert starter.main(["plan", "examples/blue-green.yaml", "--image", "myapp:2.1"]) == 0
+    assert "myapp:2.1" in capsys.readouterr().out
+
+
+def test_usage_errors_exit_2() -> None:
+    assert starter.main(["launch", "x"]) == 2
+    assert starter.main(["approve"]) == 2
