@@ -191,6 +191,125 @@ class BlueGreenSettings(Model):
         return self
 
 
+# ---------------------------------------------------------------------------------------------
+# Analysis: PromQL checks measured during pauses (shared by every strategy that measures)
+
+PLACEHOLDER = re.compile(r"\{\{\s*([A-Za-z]+)\s*\}\}")
+QUERY_PLACEHOLDERS = ("app", "namespace", "version", "canary", "stable")
+
+# The seed's two checks, made correct: the canary's own requests (filtered by its version label),
+# and a p99 that aggregates the buckets by `le` before taking the quantile.
+DEFAULT_ERROR_RATE_QUERY = (
+    'sum(rate(http_requests_total{app="{{app}}",namespace="{{namespace}}",version="{{version}}",status=~"5.."}[1m]))'
+    ' / sum(rate(http_requests_total{app="{{app}}",namespace="{{namespace}}",version="{{version}}"}[1m]))'
+)
+DEFAULT_P99_QUERY = (
+    "histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket"
+    '{app="{{app}}",namespace="{{namespace}}",version="{{version}}"}[1m])))'
+)
+
+
+def render_query(template: str, **values: str) -> str:
+    """Fill `{{app}}`, `{{namespace}}`, `{{version}}`, `{{canary}}`, `{{stable}}` in a PromQL template."""
+    return PLACEHOLDER.sub(lambda match: values[match.group(1)], template)
+
+
+class RelativeBound(Model):
+    """The canary compared with the stable version over the same window.
+
+    `maxIncrease`: canary ≤ stable + maxIncrease (absolute, e.g. 0.005 = half a point of error rate);
+    `maxRatio`: canary ≤ stable × maxRatio (e.g. 1.2 for latency).
+    """
+
+    max_increase: float | None = None
+    max_ratio: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one_bound(self) -> RelativeBound:
+        if self.max_increase is None and self.max_ratio is None:
+            raise ValueError("needs maxIncrease or maxRatio")
+        return self
+
+
+class Check(Model):
+    """One PromQL measurement with its bounds; `{{version}}` is the variant measured."""
+
+    name: str = Field(min_length=1)
+    query: str = Field(min_length=1)
+    max: float | None = None
+    min: float | None = None
+    relative: RelativeBound | None = None
+
+    @field_validator("query")
+    @classmethod
+    def _placeholders(cls, value: str) -> str:
+        unknown = sorted({name for name in PLACEHOLDER.findall(value) if name not in QUERY_PLACEHOLDERS})
+        if unknown:
+            raise ValueError(
+                f"uses unknown placeholder(s) {', '.join(unknown)} "
+                f"(known: {', '.join('{{' + p + '}}' for p in QUERY_PLACEHOLDERS)})"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Check:
+        if self.max is None and self.min is None and self.relative is None:
+            raise ValueError(f"check {self.name!r} needs max, min or relative")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"check {self.name!r}: min {self.min} is above max {self.max}")
+        return self
+
+
+def default_checks() -> list[Check]:
+    return [
+        Check(name="error-rate", query=DEFAULT_ERROR_RATE_QUERY, max=0.01),
+        Check(name="p99-latency", query=DEFAULT_P99_QUERY, max=1.0),
+    ]
+
+
+class PrometheusSource(Model):
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", value):
+            raise ValueError(f"{value!r} is not an http:// or https:// URL")
+        return value.rstrip("/")
+
+
+class Analysis(Model):
+    """How a new version is judged: checks measured every `interval` while a step waits.
+
+    A measurement fails when a value breaks a bound; it is inconclusive when a query returns no
+    data or NaN (never a pass), and an error when Prometheus cannot answer. More than
+    `failureLimit` failures, `inconclusiveLimit` inconclusive results, or `consecutiveErrorLimit`
+    errors in a row end the analysis as failed.
+    """
+
+    prometheus: PrometheusSource
+    interval: Duration = timedelta(seconds=30)
+    checks: list[Check] = Field(default_factory=default_checks, min_length=1)
+    failure_limit: int = Field(0, ge=0)
+    inconclusive_limit: int = Field(4, ge=0)
+    consecutive_error_limit: int = Field(4, ge=0)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Analysis:
+        names = [check.name for check in self.checks]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"check names must be unique: {', '.join(duplicates)} repeated")
+        return self
+
+
 StrategyType = Literal["recreate", "rolling", "blueGreen", "canary", "abTest"]
 IMPLEMENTED_STRATEGIES: tuple[str, ...] = ("blueGreen",)
 
@@ -480,3 +599,25 @@ class SmokeResult(Model):
     url: str
     status: int
     elapsed_ms: float
+
+
+class MetricQuery(Model):
+    """One rendered PromQL query, named for the record (e.g. `error-rate@canary`)."""
+
+    name: str
+    query: str
+
+
+class MeasureRequest(Model):
+    prometheus_url: str
+    queries: list[MetricQuery]
+    timeout: Duration = timedelta(seconds=10)
+
+
+class MetricValue(Model):
+    """What one query gave: a number, no data (`value` None), or an `error` naming the endpoint."""
+
+    name: str
+    query: str
+    value: float | None = None
+    error: str | None = None
