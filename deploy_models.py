@@ -310,13 +310,113 @@ class Analysis(Model):
         return self
 
 
+# ---------------------------------------------------------------------------------------------
+# Canary: Argo Rollouts' step vocabulary over Istio weights
+
+
+class Pause(Model):
+    """`pause: {duration: 10m}` is a durable timer; `pause: {}` waits for an approve signal."""
+
+    duration: Duration | None = None
+
+
+class OneOffAnalysis(Model):
+    """A one-off check: measure now (re-measuring inconclusive results up to the limits)."""
+
+    checks: list[str] | None = None  # names of the top-level analysis checks; default all
+
+
+class CanaryStep(Model):
+    """One step, exactly one of: `setWeight: N`, `pause: {...}`, `analysis: {...}`."""
+
+    set_weight: int | None = Field(None, gt=0, le=100)
+    pause: Pause | None = None
+    analysis: OneOffAnalysis | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> CanaryStep:
+        chosen = [name for name in ("set_weight", "pause", "analysis") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError("must be exactly one of setWeight, pause, analysis")
+        return self
+
+
+def seed_canary_steps() -> list[CanaryStep]:
+    """The seed's plan: 5% → 25% → 50% → 100%, observing 10 minutes after each change."""
+    steps: list[CanaryStep] = []
+    for weight in (5, 25, 50, 100):
+        steps += [CanaryStep(set_weight=weight), CanaryStep(pause=Pause(duration=timedelta(minutes=10)))]
+    return steps
+
+
+class VirtualServiceRef(Model):
+    """The Istio VirtualService whose weights move; `route` names the http route to edit."""
+
+    name: str
+    route: str | None = None
+
+
+class DestinationRuleRef(Model):
+    """Subsets of the DestinationRule; a subset selects pods whose `version` label is its name."""
+
+    name: str
+    stable_subset_name: str = "v1"
+    canary_subset_name: str = "v2"
+
+    @model_validator(mode="after")
+    def _distinct(self) -> DestinationRuleRef:
+        if self.stable_subset_name == self.canary_subset_name:
+            raise ValueError("stableSubsetName and canarySubsetName must differ")
+        return self
+
+
+class IstioRouting(Model):
+    virtual_service: VirtualServiceRef
+    destination_rule: DestinationRuleRef
+
+
+class TrafficRouting(Model):
+    istio: IstioRouting
+
+
+class CanarySettings(Model):
+    steps: list[CanaryStep] = Field(default_factory=seed_canary_steps, min_length=1)
+    traffic_routing: TrafficRouting | None = None
+    smoke_test: SmokeTest | None = None
+    progress_deadline: Duration = timedelta(minutes=10)
+
+    @field_validator("steps")
+    @classmethod
+    def _weights_never_decrease(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
+        previous = 0
+        for index, step in enumerate(steps):
+            if step.set_weight is not None:
+                if step.set_weight < previous:
+                    raise ValueError(
+                        f"step {index}: setWeight {step.set_weight} is lower than the previous weight "
+                        f"{previous} (weights must not decrease)"
+                    )
+                previous = step.set_weight
+        if previous == 0:
+            raise ValueError("needs at least one setWeight step")
+        return steps
+
+    @field_validator("progress_deadline")
+    @classmethod
+    def _deadline(cls, value: timedelta) -> timedelta:
+        if value < timedelta(seconds=1):
+            raise ValueError("must be at least 1s")
+        return value
+
+
 StrategyType = Literal["recreate", "rolling", "blueGreen", "canary", "abTest"]
-IMPLEMENTED_STRATEGIES: tuple[str, ...] = ("blueGreen",)
+IMPLEMENTED_STRATEGIES: tuple[str, ...] = ("blueGreen", "canary")
 
 
 class Strategy(Model):
     type: StrategyType
     blue_green: BlueGreenSettings | None = None
+    canary: CanarySettings | None = None
 
     @field_validator("type")
     @classmethod
@@ -331,6 +431,11 @@ class Strategy(Model):
     def _settings_match_type(self) -> Strategy:
         if self.type == "blueGreen" and self.blue_green is None:
             self.blue_green = BlueGreenSettings()
+        if self.type == "canary" and self.canary is None:
+            self.canary = CanarySettings()
+        for field, name in (("blue_green", "blueGreen"), ("canary", "canary")):
+            if getattr(self, field) is not None and name != self.type:
+                raise ValueError(f"strategy.{name} is set but strategy.type is {self.type!r}")
         return self
 
 
@@ -343,6 +448,7 @@ class DeploymentSpec(Model):
     replicas: int = Field(3, ge=1, le=1000)
     container_port: int = Field(8080, ge=1, le=65535)
     strategy: Strategy
+    analysis: Analysis | None = None
 
     @field_validator("app")
     @classmethod
@@ -369,6 +475,24 @@ class DeploymentSpec(Model):
             raise ValueError(f"{value!r} is not an image reference (e.g. registry/myapp:2.0)")
         return value
 
+    @model_validator(mode="after")
+    def _analysis_steps_have_checks(self) -> DeploymentSpec:
+        if self.strategy.canary is None:
+            return self
+        known = {check.name for check in self.analysis.checks} if self.analysis else set()
+        for index, step in enumerate(self.strategy.canary.steps):
+            if step.analysis is None:
+                continue
+            if self.analysis is None:
+                raise ValueError(f"strategy.canary.steps[{index}].analysis needs the top-level analysis section")
+            unknown = sorted(set(step.analysis.checks or ()) - known)
+            if unknown:
+                raise ValueError(
+                    f"strategy.canary.steps[{index}].analysis.checks: unknown check(s) {', '.join(unknown)} "
+                    f"(analysis.checks has {', '.join(sorted(known))})"
+                )
+        return self
+
     @property
     def blue_green(self) -> BlueGreenSettings:
         assert self.strategy.blue_green is not None
@@ -377,6 +501,22 @@ class DeploymentSpec(Model):
     @property
     def active_service(self) -> str:
         return self.blue_green.active_service or self.app
+
+    @property
+    def canary(self) -> CanarySettings:
+        assert self.strategy.canary is not None
+        return self.strategy.canary
+
+    @property
+    def istio(self) -> IstioRouting:
+        """The canary's Istio objects; both default to the app's name, as in the seed."""
+        routing = self.canary.traffic_routing
+        if routing is not None:
+            return routing.istio
+        return IstioRouting(
+            virtual_service=VirtualServiceRef(name=self.app),
+            destination_rule=DestinationRuleRef(name=self.app),
+        )
 
 
 class SpecError(ValueError):
@@ -505,6 +645,8 @@ class DeploymentResult(Model):
     previous_version: str | None = None
     started_at: datetime
     finished_at: datetime
+    previous_image: str | None = None  # what served before, so a later undo knows what to deploy
+    failed_measurement: Measurement | None = None  # the measurement that ended the run
     events: list[Event] = []
 
 
@@ -520,6 +662,9 @@ class DeploymentStatus(Model):
     started_at: datetime
     updated_at: datetime
     timer_ends_at: datetime | None = None
+    weight: int | None = None  # the canary's share of traffic, in percent
+    step: int | None = None  # index of the canary step being carried out
+    last_measurement: Measurement | None = None
     events: list[Event] = []
     result: DeploymentResult | None = None
 
@@ -599,6 +744,31 @@ class SmokeResult(Model):
     url: str
     status: int
     elapsed_ms: float
+
+
+class Verdict(StrEnum):
+    PASS = "pass"
+    FAIL = "fail"
+    INCONCLUSIVE = "inconclusive"  # no data or NaN: never a pass
+    ERROR = "error"  # Prometheus could not answer
+
+
+class CheckOutcome(Model):
+    """One check of one measurement: its value, the bound it was held to, and the query."""
+
+    name: str
+    verdict: Verdict
+    value: float | None = None
+    baseline: float | None = None  # the stable version's value, for relative checks
+    bound: str
+    query: str
+    message: str
+
+
+class Measurement(Model):
+    at: datetime
+    verdict: Verdict
+    checks: list[CheckOutcome]
 
 
 class MetricQuery(Model):

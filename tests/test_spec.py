@@ -53,7 +53,7 @@ def test_durations(text: str, seconds: float) -> None:
         (spec(replicas=0), "replicas: Input should be greater than or equal to 1"),
         (spec(containerPort=70000), "containerPort: Input should be less than or equal to 65535"),
         (spec(namespace="Prod"), "namespace: 'Prod' is not a DNS-1123 label"),
-        (spec(strategy={"type": "canary"}), "strategy.type: 'canary' is not implemented yet"),
+        (spec(strategy={"type": "rolling"}), "strategy.type: 'rolling' is not implemented yet"),
         (spec(strategy={"type": "fast"}), "strategy.type: 'fast' is not one of the choices"),
         (spec(strategy={}), "strategy.type: is required"),
         (spec(replica=3), "replica: is not a known field"),

@@ -1,0 +1,162 @@
+"""Judging a new version from PromQL measurements: pure, deterministic, shared by strategies.
+
+A measurement runs every check once. A check passes, fails (a value breaks a bound), is
+inconclusive (no data or NaN: never a pass, as Flagger and Kayenta hold) or is an error
+(Prometheus could not answer). `AnalysisLimits` counts them the way Argo Rollouts does:
+more than `failureLimit` failed measurements, or more than `inconclusiveLimit` inconclusive /
+`consecutiveErrorLimit` erroneous measurements in a row, and the analysis has failed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from deploy_models import (
+        Analysis,
+        Check,
+        CheckOutcome,
+        Measurement,
+        MetricQuery,
+        MetricValue,
+        Verdict,
+        render_query,
+    )
+
+
+@dataclass(frozen=True)
+class Variants:
+    """The labels a query is rendered with: the app, and which version is new and which stable."""
+
+    app: str
+    namespace: str
+    canary: str
+    stable: str
+
+    def render(self, check: Check, version: str) -> str:
+        return render_query(
+            check.query,
+            app=self.app,
+            namespace=self.namespace,
+            version=version,
+            canary=self.canary,
+            stable=self.stable,
+        )
+
+
+def queries(checks: list[Check], variants: Variants) -> list[MetricQuery]:
+    """Every query a measurement needs: the canary's value, and the stable one for relative checks."""
+    wanted = []
+    for check in checks:
+        wanted.append(MetricQuery(name=f"{check.name}@{variants.canary}", query=variants.render(check, variants.canary)))
+        if check.relative is not None:
+            wanted.append(
+                MetricQuery(name=f"{check.name}@{variants.stable}", query=variants.render(check, variants.stable))
+            )
+    return wanted
+
+
+def _number(value: float | None) -> str:
+    return "no data" if value is None else f"{value:.4g}"
+
+
+def judge_check(check: Check, variants: Variants, values: dict[str, MetricValue]) -> CheckOutcome:
+    mine = values[f"{check.name}@{variants.canary}"]
+    theirs = values.get(f"{check.name}@{variants.stable}")
+    bounds = []
+    if check.min is not None:
+        bounds.append(f"≥ {check.min:g}")
+    if check.max is not None:
+        bounds.append(f"≤ {check.max:g}")
+    relative = check.relative
+    if relative is not None and relative.max_increase is not None:
+        bounds.append(f"≤ {variants.stable} + {relative.max_increase:g}")
+    if relative is not None and relative.max_ratio is not None:
+        bounds.append(f"≤ {variants.stable} × {relative.max_ratio:g}")
+    outcome = dict(name=check.name, value=mine.value, bound=" and ".join(bounds), query=mine.query)
+    if theirs is not None:
+        outcome["baseline"] = theirs.value
+
+    errors = [v.error for v in (mine, theirs) if v is not None and v.error]
+    if errors:
+        return CheckOutcome(**outcome, verdict=Verdict.ERROR, message="; ".join(errors))
+    value = mine.value
+    if value is None or math.isnan(value):
+        return CheckOutcome(
+            **outcome, verdict=Verdict.INCONCLUSIVE, message=f"{check.name}: no data for {variants.canary}"
+        )
+    broken = []
+    if check.min is not None and value < check.min:
+        broken.append(f"below {check.min:g}")
+    if check.max is not None and value > check.max:
+        broken.append(f"above {check.max:g}")
+    if relative is not None:
+        assert theirs is not None
+        baseline = theirs.value
+        if baseline is None or math.isnan(baseline):
+            return CheckOutcome(
+                **outcome,
+                verdict=Verdict.INCONCLUSIVE,
+                message=f"{check.name}: no data for {variants.stable} to compare with",
+            )
+        if relative.max_increase is not None and value > baseline + relative.max_increase:
+            broken.append(f"more than {relative.max_increase:g} above {variants.stable}'s {_number(baseline)}")
+        if relative.max_ratio is not None and value > baseline * relative.max_ratio:
+            broken.append(f"more than {relative.max_ratio:g}× {variants.stable}'s {_number(baseline)}")
+    if broken:
+        return CheckOutcome(
+            **outcome,
+            verdict=Verdict.FAIL,
+            message=f"{check.name} = {_number(value)}, " + " and ".join(broken),
+        )
+    return CheckOutcome(**outcome, verdict=Verdict.PASS, message=f"{check.name} = {_number(value)}")
+
+
+def judge(at: datetime, checks: list[Check], variants: Variants, values: list[MetricValue]) -> Measurement:
+    """A measurement's verdict: any failure fails it; else any error; else any missing data."""
+    by_name = {value.name: value for value in values}
+    outcomes = [judge_check(check, variants, by_name) for check in checks]
+    verdicts = {outcome.verdict for outcome in outcomes}
+    for verdict in (Verdict.FAIL, Verdict.ERROR, Verdict.INCONCLUSIVE):
+        if verdict in verdicts:
+            return Measurement(at=at, verdict=verdict, checks=outcomes)
+    return Measurement(at=at, verdict=Verdict.PASS, checks=outcomes)
+
+
+@dataclass
+class AnalysisLimits:
+    """Counts measurements against the spec's limits; `add` says when the analysis has failed."""
+
+    analysis: Analysis
+    failures: int = 0
+    inconclusive_in_a_row: int = 0
+    errors_in_a_row: int = 0
+
+    def add(self, measurement: Measurement) -> str | None:
+        """Count a measurement; return why the analysis failed, or None while it holds."""
+        verdict = measurement.verdict
+        self.inconclusive_in_a_row = self.inconclusive_in_a_row + 1 if verdict == Verdict.INCONCLUSIVE else 0
+        self.errors_in_a_row = self.errors_in_a_row + 1 if verdict == Verdict.ERROR else 0
+        if verdict == Verdict.FAIL:
+            self.failures += 1
+        first = next((c for c in measurement.checks if c.verdict == verdict), None)
+        detail = (
+            f"{first.message} (bound {first.bound}; query {first.query})" if first is not None else verdict.value
+        )
+        if self.failures > self.analysis.failure_limit:
+            return f"analysis failed: {detail}; {self.failures} failed measurement(s), limit {self.analysis.failure_limit}"
+        if self.inconclusive_in_a_row > self.analysis.inconclusive_limit:
+            return (
+                f"analysis inconclusive {self.inconclusive_in_a_row} times in a row "
+                f"(limit {self.analysis.inconclusive_limit}): {detail}"
+            )
+        if self.errors_in_a_row > self.analysis.consecutive_error_limit:
+            return (
+                f"analysis could not measure {self.errors_in_a_row} times in a row "
+                f"(limit {self.analysis.consecutive_error_limit}): {detail}"
+            )
+        return None
