@@ -30,10 +30,11 @@ change, so an injected error never mutates the stored objects::
     # Or raise the Status from the reaction (rendered the same way):
     view[len(view):len(view) + 1] << kmock.KubernetesError(500, 'InternalError', 'boom')
 
-Deviations from a real API server worth knowing: no admission/validation of
-object schemas, no server-side apply (415), no pagination, watches ignore
-``resourceVersion``/label selectors, no cascading deletion, and no-op writes
-(nothing changed) keep the resourceVersion, as the real server does.
+Deviations from a real API server worth knowing: no schema validation or
+admission, no server-side apply (415), no pagination, no cascading deletion,
+and a watch resumed from a resourceVersion replays the latest state of what
+changed, not every intermediate event. As on the real server, no-op writes
+(nothing changed) keep the resourceVersion and emit no watch event.
 """
 import asyncio
 import contextlib
@@ -448,7 +449,8 @@ class ClusterEmulator(kmock.KubernetesEmulator):
 
         ``resource`` is a ``kmock.resource`` or a string: ``'apps/v1/deployments'``,
         ``'deployments.v1.apps'``, ``'v1/services'`` or a bare plural (``'deployments'``).
-        Use ``namespace=None`` for cluster-scoped objects.
+        Use ``namespace=None`` for cluster-scoped objects. (This replaces kmock's
+        ``get(url)`` HTTP shortcut; use ``request('GET', url)`` for that.)
         """
         return self._live((self._resolve(resource), namespace, name))
 
@@ -752,10 +754,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         """
         A watch stream like the real server's.
 
-        Existing objects come first as ``ADDED`` (with ``?resourceVersion=N``: only
-        those changed after N, as ``MODIFIED``); the snapshot and the subscription
-        to later events are taken atomically, so no event is lost in between.
-        Honours ``labelSelector``, ``fieldSelector`` and ``timeoutSeconds``.
+        Existing objects come first as ``ADDED``; with ``?resourceVersion=N`` only
+        those changed after N come, in their latest state (``ADDED`` if created after N,
+        else ``MODIFIED``; deletions before the watch started are not replayed).
+        The snapshot and the subscription to later events are taken atomically,
+        so no event is lost in between. Honours ``labelSelector``, ``fieldSelector``
+        and ``timeoutSeconds``.
         """
         resource = request.resource
         assert resource is not None
@@ -767,6 +771,16 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             timeout = float(request.params.get('timeoutSeconds') or 0)
         except ValueError:
             timeout = 0
+
+        def rv(version: Any) -> int:
+            return int((version.get('metadata') or {}).get('resourceVersion') or 0) if version else 0
+
+        def created_rv(obj: kmock.Object) -> int:
+            versions = obj.history.raw
+            first = len(versions) - 1
+            while first > 0 and versions[first - 1] is not None:
+                first -= 1
+            return rv(versions[first])
 
         def matches(obj: dict[str, Any]) -> bool:
             meta = obj.get('metadata') or {}
@@ -781,12 +795,13 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         bus = self._buses[resource]
         async with self._lock:
             mark = await bus.mark()
-            objs = [obj.raw for (res, _, _), obj in self._objects.items() if res == resource and not obj.deleted]
+            objs = [obj for (res, _, _), obj in self._objects.items() if res == resource and not obj.deleted]
             initial = [
-                {'type': 'ADDED' if since_rv is None else 'MODIFIED', 'object': copy.deepcopy(raw)}
-                for raw in objs
-                if matches(raw)
-                if since_rv is None or int(raw['metadata'].get('resourceVersion') or 0) > since_rv
+                {'type': 'ADDED' if since_rv is None or created_rv(obj) > since_rv else 'MODIFIED',
+                 'object': copy.deepcopy(obj.raw)}
+                for obj in objs
+                if matches(obj.raw)
+                if since_rv is None or rv(obj.raw) > since_rv
             ]
         try:
             for event in initial:

@@ -190,6 +190,9 @@ async def test_declared_resources_are_listable_when_empty(cluster: Cluster) -> N
     ns = await call(cluster.core.create_namespace, body=client.V1Namespace(metadata=client.V1ObjectMeta(name='apps')))
     assert ns.status.phase == 'Active'
     assert cluster.emulator.get('namespaces', None, 'apps') is not None
+    assert (await call(cluster.core.read_namespace, name='apps')).metadata.uid == ns.metadata.uid
+    await call(cluster.core.delete_namespace, name='apps')
+    assert cluster.emulator.get('namespaces', None, 'apps') is None
 
 
 @pytest.mark.asyncio
@@ -498,6 +501,15 @@ async def test_watch_streams_modifications(cluster: Cluster) -> None:
     assert 'MODIFIED' in {kind for kind, _ in events[1:]}
     versions = [int(rv) for _, rv in events[1:]]
     assert versions == sorted(versions)
+
+    # A watch resumed from a resourceVersion replays only what changed after it.
+    latest = cluster.emulator.resource_version
+    await call(cluster.apps.create_namespaced_deployment, namespace=NS, body=make_deployment('api', 'app:v1'))
+    resumed = await call(
+        lambda: [(e['type'], e['object'].metadata.name) for e in kubernetes.watch.Watch().stream(
+            cluster.apps.list_namespaced_deployment, namespace=NS, resource_version=str(latest), timeout_seconds=1)])
+    assert [kind for kind, name in resumed if name == 'api'][0] == 'ADDED'
+    assert ('ADDED', 'web') not in resumed
 
 
 @pytest.mark.asyncio
