@@ -18,6 +18,7 @@ demo: $(STAMP)
 	$(BIN)/python -m sandbox.demo
 
 test: $(STAMP)
+	scripts/install-prometheus.sh
 	$(BIN)/python -m pytest -q
 
 worker: $(STAMP)

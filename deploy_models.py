@@ -588,6 +588,10 @@ class Phase(StrEnum):
     SMOKE_TESTING = "SmokeTesting"
     AWAITING_APPROVAL = "AwaitingApproval"
     SWITCHING = "Switching"
+    SHIFTING_TRAFFIC = "ShiftingTraffic"
+    OBSERVING = "Observing"
+    ANALYSING = "Analysing"
+    PROMOTING = "Promoting"
     KEEPING_PREVIOUS = "KeepingPrevious"
     CLEANING_UP = "CleaningUp"
     ROLLING_BACK = "RollingBack"
@@ -791,3 +795,42 @@ class MetricValue(Model):
     query: str
     value: float | None = None
     error: str | None = None
+
+
+class IstioTarget(Model):
+    """The VirtualService route and DestinationRule subsets a canary moves weight between."""
+
+    namespace: str
+    app: str
+    host: str  # the Service both subsets are reached through
+    virtual_service: str
+    route: str | None = None
+    destination_rule: str
+    stable_subset: str
+    canary_subset: str
+    version_label: str = "version"
+
+
+class WeightChange(Model):
+    """Set the canary's weight; `expected` is what tidegate last set (None: do not check)."""
+
+    target: IstioTarget
+    weight: int = Field(ge=0, le=100)
+    expected: int | None = None
+
+
+class ServiceSpec(Model):
+    """A Service tidegate creates when it is missing (and otherwise leaves as it is)."""
+
+    namespace: str
+    name: str
+    app: str
+    selector: dict[str, str]
+    port: int = 80
+    target_port: int
+
+
+class ScaleRequest(Model):
+    namespace: str
+    name: str
+    replicas: int = Field(ge=0)

@@ -24,6 +24,7 @@ from temporalio.envconfig import ClientConfig
 from temporalio.worker import Worker
 
 from activities.kubernetes import KubernetesActivities
+from activities.metrics import measure
 from activities.smoke import smoke_test
 from workflows import TASK_QUEUE, WORKFLOWS
 
@@ -49,7 +50,7 @@ async def kubernetes_api(
 
 
 def activities_for(api: kube_client.ApiClient) -> list[Any]:
-    return [*KubernetesActivities(api).all(), smoke_test]
+    return [*KubernetesActivities(api).all(), smoke_test, measure]
 
 
 def build_worker(temporal: Client, api: kube_client.ApiClient, task_queue: str = TASK_QUEUE) -> Worker:

@@ -17,10 +17,23 @@ from kubernetes.aio.client.exceptions import ApiException
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from deploy_models import ObjectRef, RolloutState, RolloutWait, ServiceRef, ServiceSwitch, WorkloadSpec
+from deploy_models import (
+    IstioTarget,
+    ObjectRef,
+    RolloutState,
+    RolloutWait,
+    ScaleRequest,
+    ServiceRef,
+    ServiceSpec,
+    ServiceSwitch,
+    WeightChange,
+    WorkloadSpec,
+)
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tidegate"}
 JSON_PATCH = "application/json-patch+json"
+MERGE_PATCH = "application/merge-patch+json"
+ISTIO_GROUP, ISTIO_VERSION = "networking.istio.io", "v1"
 # Statuses a retry can fix: a concurrent edit (409), a failed JSON Patch `test` (422 from the
 # patch's precondition, re-checked after re-reading), throttling and server trouble.
 TRANSIENT_STATUSES = {409, 429, 500, 502, 503, 504}
@@ -99,6 +112,93 @@ def rollout_progress(deployment: dict[str, Any]) -> tuple[bool, str, bool]:
     return True, f"{available} of {wanted} replicas available", False
 
 
+def destination_rule_manifest(target: IstioTarget) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
+        "kind": "DestinationRule",
+        "metadata": {"name": target.destination_rule, "namespace": target.namespace, "labels": dict(MANAGED_BY)},
+        "spec": {
+            "host": target.host,
+            "subsets": [
+                {"name": subset, "labels": {target.version_label: subset}}
+                for subset in (target.stable_subset, target.canary_subset)
+            ],
+        },
+    }
+
+
+def virtual_service_manifest(target: IstioTarget) -> dict[str, Any]:
+    """The seed's VirtualService: `canary: "true"` goes to the canary, the rest is split by weight."""
+    return {
+        "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
+        "kind": "VirtualService",
+        "metadata": {"name": target.virtual_service, "namespace": target.namespace, "labels": dict(MANAGED_BY)},
+        "spec": {
+            "hosts": [target.host],
+            "http": [
+                {
+                    "name": "canary-header",
+                    "match": [{"headers": {"canary": {"exact": "true"}}}],
+                    "route": [{"destination": {"host": target.host, "subset": target.canary_subset}, "weight": 100}],
+                },
+                {"name": target.route or "primary", "route": weighted_route([], target, 0)},
+            ],
+        },
+    }
+
+
+def find_route(service: dict[str, Any], target: IstioTarget) -> tuple[int, list[dict[str, Any]]]:
+    """The http route whose weights move: the one named `route`, or the only unmatched route
+    that sends traffic to the stable subset."""
+    routes = service.get("spec", {}).get("http") or []
+    where = f"VirtualService {target.namespace}/{target.virtual_service}"
+    if target.route is not None:
+        for index, route in enumerate(routes):
+            if route.get("name") == target.route:
+                return index, route.get("route") or []
+        names = ", ".join(str(r.get("name")) for r in routes)
+        raise ApplicationError(
+            f"{where} has no http route named {target.route!r} (it has: {names or 'none'})",
+            type="KubernetesRejected",
+            non_retryable=True,
+        )
+    candidates = [
+        index
+        for index, route in enumerate(routes)
+        if not route.get("match")
+        and any(d.get("destination", {}).get("subset") == target.stable_subset for d in route.get("route") or [])
+    ]
+    if len(candidates) != 1:
+        raise ApplicationError(
+            f"{where} has {len(candidates)} unmatched routes to subset {target.stable_subset}; "
+            "name the one to edit in strategy.canary.trafficRouting.istio.virtualService.route",
+            type="KubernetesRejected",
+            non_retryable=True,
+        )
+    return candidates[0], routes[candidates[0]].get("route") or []
+
+
+def route_weights(route: list[dict[str, Any]], target: IstioTarget) -> tuple[int, int]:
+    """(stable %, canary %) of a route; a lone destination without a weight takes 100."""
+    weights = {target.stable_subset: 0, target.canary_subset: 0}
+    for destination in route:
+        subset = destination.get("destination", {}).get("subset")
+        if subset in weights:
+            weights[subset] += destination.get("weight", 100 if len(route) == 1 else 0)
+    return weights[target.stable_subset], weights[target.canary_subset]
+
+
+def weighted_route(route: list[dict[str, Any]], target: IstioTarget, weight: int) -> list[dict[str, Any]]:
+    """The route with stable at 100-weight and canary at weight (other destination fields kept)."""
+    existing = {d.get("destination", {}).get("subset"): d for d in route}
+    result = []
+    for subset, share in ((target.stable_subset, 100 - weight), (target.canary_subset, weight)):
+        destination = dict(existing.get(subset, {}).get("destination") or {"host": target.host})
+        destination["subset"] = subset
+        result.append({**existing.get(subset, {}), "destination": destination, "weight": share})
+    return result
+
+
 class KubernetesActivities:
     """The Kubernetes activities, bound to one API client (a worker setting)."""
 
@@ -106,6 +206,7 @@ class KubernetesActivities:
         self.api = api
         self.apps = client.AppsV1Api(api)
         self.core = client.CoreV1Api(api)
+        self.custom = client.CustomObjectsApi(api)
 
     async def _read(self, reader: Any, ref: ObjectRef) -> dict[str, Any] | None:
         """Read an object as a plain dict (None when it does not exist)."""
@@ -185,7 +286,16 @@ class KubernetesActivities:
         if found is None:
             if switch.from_version is not None and not switch.any_current:
                 raise ApplicationError(f"{action}: the Service does not exist", non_retryable=True)
-            await self._create_service(switch, action)
+            selector = {"app": switch.app, switch.version_label: switch.to_version}
+            service = ServiceSpec(
+                namespace=switch.namespace,
+                name=switch.name,
+                app=switch.app,
+                selector=selector,
+                port=switch.port,
+                target_port=switch.target_port,
+            )
+            await self._create_service(service, action)
             return
         selector = found.get("spec", {}).get("selector") or {}
         current = selector.get(switch.version_label)
@@ -212,25 +322,32 @@ class KubernetesActivities:
         except ApiException as error:
             raise api_error(error, action, TRANSIENT_STATUSES | {422}) from None
 
-    async def _create_service(self, switch: ServiceSwitch, action: str) -> None:
+    async def _create_service(self, service: ServiceSpec, action: str) -> None:
         body = {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {
-                "name": switch.name,
-                "namespace": switch.namespace,
-                "labels": {"app": switch.app, **MANAGED_BY},
+                "name": service.name,
+                "namespace": service.namespace,
+                "labels": {"app": service.app, **MANAGED_BY},
             },
             "spec": {
-                "selector": {"app": switch.app, switch.version_label: switch.to_version},
-                "ports": [{"name": "http", "port": switch.port, "targetPort": switch.target_port}],
+                "selector": service.selector,
+                "ports": [{"name": "http", "port": service.port, "targetPort": service.target_port}],
             },
         }
         try:
-            await self.core.create_namespaced_service(namespace=switch.namespace, body=body)
+            await self.core.create_namespaced_service(namespace=service.namespace, body=body)
         except ApiException as error:
             # 409: created meanwhile (by our own earlier attempt, or by someone): re-read on retry.
             raise api_error(error, action) from None
+
+    @activity.defn(name="ensure_service")
+    async def ensure_service(self, service: ServiceSpec) -> None:
+        """Create the Service when it is missing; an existing one is left exactly as it is."""
+        ref = ObjectRef(namespace=service.namespace, name=service.name)
+        if await self._read(self.core.read_namespaced_service, ref) is None:
+            await self._create_service(service, f"create Service {service.namespace}/{service.name}")
 
     @activity.defn(name="delete_deployment")
     async def delete_deployment(self, ref: ObjectRef) -> None:
@@ -241,6 +358,121 @@ class KubernetesActivities:
             if error.status != 404:
                 raise api_error(error, f"delete Deployment {ref.namespace}/{ref.name}") from None
 
+    @activity.defn(name="scale_deployment")
+    async def scale_deployment(self, scale: ScaleRequest) -> None:
+        """Set a Deployment's replicas (a merge patch: the same request twice is the same state)."""
+        try:
+            await self.apps.patch_namespaced_deployment(
+                name=scale.name,
+                namespace=scale.namespace,
+                body={"spec": {"replicas": scale.replicas}},
+                _content_type=MERGE_PATCH,
+            )
+        except ApiException as error:
+            if error.status == 404 and scale.replicas == 0:
+                return  # nothing to scale down
+            raise api_error(error, f"scale Deployment {scale.namespace}/{scale.name} to {scale.replicas}") from None
+
+    @activity.defn(name="read_deployment_image")
+    async def read_deployment_image(self, ref: ObjectRef) -> str | None:
+        """The image a Deployment runs (None when it does not exist)."""
+        found = await self._read(self.apps.read_namespaced_deployment, ref)
+        if found is None:
+            return None
+        containers = found.get("spec", {}).get("template", {}).get("spec", {}).get("containers") or [{}]
+        return containers[0].get("image")
+
+    async def _read_istio(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            found = await self.custom.get_namespaced_custom_object(
+                group=ISTIO_GROUP, version=ISTIO_VERSION, namespace=namespace, plural=plural, name=name
+            )
+            return found if isinstance(found, dict) else self.api.sanitize_for_serialization(found)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise api_error(error, f"read {plural} {namespace}/{name}") from None
+
+    async def _create_istio(self, plural: str, namespace: str, body: dict[str, Any]) -> None:
+        try:
+            await self.custom.create_namespaced_custom_object(
+                group=ISTIO_GROUP, version=ISTIO_VERSION, namespace=namespace, plural=plural, body=body
+            )
+        except ApiException as error:
+            raise api_error(error, f"create {plural} {namespace}/{body['metadata']['name']}") from None
+
+    @activity.defn(name="ensure_routing")
+    async def ensure_routing(self, target: IstioTarget) -> int:
+        """Create the DestinationRule and VirtualService in the seed's shape when missing.
+
+        Existing ones are checked, not rewritten: the subsets must exist and the route to edit
+        must be found. Returns the canary's current weight.
+        """
+        namespace = target.namespace
+        rule = await self._read_istio("destinationrules", namespace, target.destination_rule)
+        if rule is None:
+            await self._create_istio("destinationrules", namespace, destination_rule_manifest(target))
+        else:
+            names = {subset.get("name") for subset in rule.get("spec", {}).get("subsets") or []}
+            missing = sorted({target.stable_subset, target.canary_subset} - names)
+            if missing:
+                raise ApplicationError(
+                    f"DestinationRule {namespace}/{target.destination_rule} has no subset(s) "
+                    f"{', '.join(missing)} (it has {', '.join(sorted(n for n in names if n)) or 'none'})",
+                    type="KubernetesRejected",
+                    non_retryable=True,
+                )
+        service = await self._read_istio("virtualservices", namespace, target.virtual_service)
+        if service is None:
+            service = virtual_service_manifest(target)
+            await self._create_istio("virtualservices", namespace, service)
+        _, route = find_route(service, target)
+        return route_weights(route, target)[1]
+
+    @activity.defn(name="set_canary_weight")
+    async def set_canary_weight(self, change: WeightChange) -> int:
+        """Move traffic: stable 100-N, canary N, in one guarded patch, verified by reading back."""
+        target = change.target
+        where = f"VirtualService {target.namespace}/{target.virtual_service}"
+        service = await self._read_istio("virtualservices", target.namespace, target.virtual_service)
+        if service is None:
+            raise ApplicationError(f"{where} does not exist", type="KubernetesRejected", non_retryable=True)
+        index, route = find_route(service, target)
+        stable, canary = route_weights(route, target)
+        if (stable, canary) == (100 - change.weight, change.weight):
+            return change.weight  # already there (a retry after success)
+        if change.expected is not None and canary != change.expected:
+            raise ApplicationError(
+                f"{where} sends {canary}% to {target.canary_subset} and {stable}% to {target.stable_subset}, "
+                f"but tidegate set {change.expected}%: someone else changed it, so tidegate does not "
+                "overwrite it",
+                type="ConcurrentEdit",
+                non_retryable=True,
+            )
+        patch = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": service["metadata"]["resourceVersion"]},
+            {"op": "replace", "path": f"/spec/http/{index}/route", "value": weighted_route(route, target, change.weight)},
+        ]
+        try:
+            await self.custom.patch_namespaced_custom_object(
+                group=ISTIO_GROUP,
+                version=ISTIO_VERSION,
+                namespace=target.namespace,
+                plural="virtualservices",
+                name=target.virtual_service,
+                body=patch,
+                _content_type=JSON_PATCH,
+            )
+        except ApiException as error:
+            raise api_error(error, f"set {where} canary weight to {change.weight}", TRANSIENT_STATUSES | {422}) from None
+        after = await self._read_istio("virtualservices", target.namespace, target.virtual_service)
+        weights = route_weights(find_route(after or {}, target)[1], target) if after else None
+        if weights != (100 - change.weight, change.weight):
+            raise ApplicationError(
+                f"{where} reads back {weights} after setting canary weight {change.weight}", type="KubernetesTransient"
+            )
+        return change.weight
+
     def all(self) -> list[Any]:
         """Every activity of this class, for registering with a worker."""
         return [
@@ -249,4 +481,9 @@ class KubernetesActivities:
             self.wait_for_rollout,
             self.switch_service,
             self.delete_deployment,
+            self.ensure_service,
+            self.scale_deployment,
+            self.read_deployment_image,
+            self.ensure_routing,
+            self.set_canary_weight,
         ]

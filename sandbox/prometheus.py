@@ -28,6 +28,7 @@ __all__ = [
     "free_port",
     "run_prometheus",
     "wait_for_scrape",
+    "write_config",
 ]
 
 INSTALL_HINT = (
@@ -145,10 +146,15 @@ async def wait_for_scrape(
 ) -> float:
     """Wait until Prometheus at `url` has scraped `target` successfully (`up` is 1).
 
+    Prometheus 2.42 hands new targets to its scrapers only every 5s, so the first scrape comes
+    about 5s after start-up; later ones follow the scrape interval.
+
     With `after` (a `time.time()`), wait for a scrape that started later than it: whatever the
     target exposed at `after` is then in the TSDB. Returns that scrape's timestamp.
     """
-    query = f'timestamp(up{{instance="{target}"}} == 1)'
+    up = f'up{{instance="{target}"}}'
+    # timestamp() gives the sample's (scrape's) time only when applied to a bare selector.
+    query = f"timestamp({up}) and {up} == 1"
     deadline = time.monotonic() + timeout
     last: object = None
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:

@@ -16,6 +16,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from workflows.common import SEARCH_ATTRIBUTES
 
+pytest_plugins = ["tests.prometheus_fixture"]
+
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
 

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from deploy_models import (
+    IstioTarget,
+    MeasureRequest,
+    MetricValue,
     ObjectRef,
+    ScaleRequest,
+    ServiceSpec,
+    WeightChange,
     RolloutState,
     RolloutWait,
     ServiceRef,
@@ -30,6 +38,13 @@ class FakeCluster:
     never_ready: set[str] = field(default_factory=set)
     smoke_status: int = 200
     switch_failures: int = 0  # how many switch calls fail (transiently) before succeeding
+    replicas: dict[str, int] = field(default_factory=dict)
+    canary_weight: int = 0
+    weights: list[tuple[datetime, int]] = field(default_factory=list)  # (workflow time, weight)
+    weight_failures: int = 0  # how many weight patches fail (transiently) before succeeding
+    # (metric query name, canary weight, workflow time) → value; None is no data; str an error
+    metrics: Callable[[str, int, datetime], float | str | None] = lambda name, weight, at: 0.001
+    measurements: list[datetime] = field(default_factory=list)
 
     @activity.defn(name="read_service_version")
     async def read_service_version(self, service: ServiceRef) -> str | None:
@@ -39,6 +54,7 @@ class FakeCluster:
     async def apply_deployment(self, workload: WorkloadSpec) -> None:
         self.actions.append(f"apply {workload.name} {workload.image}")
         self.deployments[workload.name] = workload.image
+        self.replicas[workload.name] = workload.replicas
 
     @activity.defn(name="wait_for_rollout")
     async def wait_for_rollout(self, wait: RolloutWait) -> RolloutState:
@@ -78,8 +94,57 @@ class FakeCluster:
             )
         return SmokeResult(url=check.url, status=self.smoke_status, elapsed_ms=1.0)
 
+    @activity.defn(name="ensure_service")
+    async def ensure_service(self, service: ServiceSpec) -> None:
+        self.services.setdefault(service.name, service.selector.get("version", ""))
+
+    @activity.defn(name="scale_deployment")
+    async def scale_deployment(self, scale: ScaleRequest) -> None:
+        self.actions.append(f"scale {scale.name} {scale.replicas}")
+        self.replicas[scale.name] = scale.replicas
+
+    @activity.defn(name="read_deployment_image")
+    async def read_deployment_image(self, ref: ObjectRef) -> str | None:
+        return self.deployments.get(ref.name)
+
+    @activity.defn(name="ensure_routing")
+    async def ensure_routing(self, target: IstioTarget) -> int:
+        return self.canary_weight
+
+    @activity.defn(name="set_canary_weight")
+    async def set_canary_weight(self, change: WeightChange) -> int:
+        if self.weight_failures > 0:
+            self.weight_failures -= 1
+            self.actions.append(f"weight {change.weight} failed")
+            raise ApplicationError("500 etcd unavailable", type="KubernetesTransient")
+        if change.expected is not None and change.expected != self.canary_weight:
+            raise ApplicationError("someone else changed it", type="ConcurrentEdit", non_retryable=True)
+        self.actions.append(f"weight {change.weight}")
+        self.canary_weight = change.weight
+        self.weights.append((activity.info().current_attempt_scheduled_time, change.weight))
+        return change.weight
+
+    @activity.defn(name="measure")
+    async def measure(self, request: MeasureRequest) -> list[MetricValue]:
+        at = activity.info().current_attempt_scheduled_time
+        self.measurements.append(at)
+        values = []
+        for query in request.queries:
+            value = self.metrics(query.name, self.canary_weight, at)
+            if isinstance(value, str):
+                values.append(MetricValue(name=query.name, query=query.query, error=value))
+            else:
+                values.append(MetricValue(name=query.name, query=query.query, value=value))
+        return values
+
     def activities(self) -> list[Any]:
         return [
+            self.ensure_service,
+            self.scale_deployment,
+            self.read_deployment_image,
+            self.ensure_routing,
+            self.set_canary_weight,
+            self.measure,
             self.read_service_version,
             self.apply_deployment,
             self.wait_for_rollout,

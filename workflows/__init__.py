@@ -3,15 +3,16 @@
 from collections.abc import Callable
 
 from deploy_models import DeploymentSpec
-from workflows import blue_green
+from workflows import blue_green, canary
 from workflows.blue_green import BlueGreenWorkflow
+from workflows.canary import CanaryWorkflow
 
 TASK_QUEUE = "tidegate"
 
 # strategy.type → the workflow that carries it out
-WORKFLOWS: dict[str, type] = {"blueGreen": BlueGreenWorkflow}
+WORKFLOWS: dict[str, type] = {"blueGreen": BlueGreenWorkflow, "canary": CanaryWorkflow}
 # strategy.type → the steps `starter.py plan` prints
-PLANS: dict[str, Callable[[DeploymentSpec], list[str]]] = {"blueGreen": blue_green.plan}
+PLANS: dict[str, Callable[[DeploymentSpec], list[str]]] = {"blueGreen": blue_green.plan, "canary": canary.plan}
 
 
 def workflow_id(namespace: str, app: str) -> str:

@@ -17,11 +17,17 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.analysis import AnalysisLimits, Variants, judge, queries
+
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
     from activities.smoke import smoke_test
     from deploy_models import (
         OUTCOME_PHASE,
+        MeasureRequest,
+        Measurement,
+        MetricValue,
+        Verdict,
         Decision,
         DeploymentInput,
         DeploymentResult,
@@ -115,9 +121,17 @@ class DeploymentWorkflow:
     active_version: str | None
     new_version: str | None
     previous_version: str | None
+    previous_image: str | None
     timer_ends_at: datetime | None
     approval: Decision | None
+    awaiting_approval: bool
+    promotion: Decision | None
     interruption: tuple[str, Decision] | None
+    weight: int | None
+    step: int | None
+    last_measurement: Measurement | None
+    limits: AnalysisLimits | None
+    failed_measurement: Measurement | None
     result: DeploymentResult | None
 
     def _begin(self, deployment: DeploymentInput) -> None:
@@ -129,9 +143,17 @@ class DeploymentWorkflow:
         self.active_version = None
         self.new_version = None
         self.previous_version = None
+        self.previous_image = None
         self.timer_ends_at = None
         self.approval = None
+        self.awaiting_approval = False
+        self.promotion = None
         self.interruption = None
+        self.weight = None
+        self.step = None
+        self.last_measurement = None
+        self.limits = AnalysisLimits(self.spec.analysis) if self.spec.analysis else None
+        self.failed_measurement = None
         self.result = None
         self.record(
             "started",
@@ -143,9 +165,17 @@ class DeploymentWorkflow:
 
     @workflow.signal(description="Let a waiting step go on. Payload: {\"by\": \"name\", \"reason\": \"why\"}.")
     def approve(self, decision: Decision) -> None:
+        if not self.awaiting_approval:
+            self.record("approve", "approve ignored: no step is waiting for approval", by=decision.by)
+            return
         self.record("approve", "approval received", by=decision.by, reason=decision.reason)
-        if self.approval is None:
-            self.approval = decision
+        self.approval = decision
+
+    @workflow.signal(description="Skip the remaining steps and analysis and promote now. Payload: {\"by\": \"name\", \"reason\": \"why\"}.")
+    def promote(self, decision: Decision) -> None:
+        self.record("promote", "promotion requested", by=decision.by, reason=decision.reason)
+        if self.promotion is None and self.interruption is None and self.result is None:
+            self.promotion = decision
 
     @workflow.signal(description="Stop now and put traffic back. Payload: {\"by\": \"name\", \"reason\": \"why\"}.")
     def abort(self, decision: Decision) -> None:
@@ -173,6 +203,9 @@ class DeploymentWorkflow:
             started_at=self.started_at,
             updated_at=self.events[-1].at if self.events else self.started_at,
             timer_ends_at=self.timer_ends_at,
+            weight=self.weight,
+            step=self.step,
+            last_measurement=self.last_measurement,
             events=list(self.events),
             result=self.result,
         )
@@ -201,8 +234,18 @@ class DeploymentWorkflow:
         ]
         if self.timer_ends_at is not None:
             lines.append(f"- current timer ends at {self.timer_ends_at.isoformat(timespec='seconds')}")
+        if self.weight is not None:
+            lines.append(f"- canary weight: **{self.weight}%**" + (f" (step {self.step})" if self.step is not None else ""))
         if self.approval is not None:
             lines.append(f"- approved by {self.approval.by}: {self.approval.reason or '(no reason)'}")
+        if self.last_measurement is not None:
+            measurement = self.last_measurement
+            lines += ["", f"last analysis ({measurement.at.strftime('%H:%M:%S')}): **{measurement.verdict.value}**", ""]
+            lines += ["| check | value | baseline | bound | verdict |", "|---|---|---|---|---|"]
+            for check in measurement.checks:
+                value = "no data" if check.value is None else f"{check.value:.4g}"
+                baseline = "" if check.baseline is None else f"{check.baseline:.4g}"
+                lines.append(f"| {check.name} | {value} | {baseline} | {check.bound} | {check.verdict.value} |")
         lines += ["", "| at | event | by |", "|---|---|---|"]
         for event in self.events[-8:]:
             who = event.by or ""
@@ -307,40 +350,149 @@ class DeploymentWorkflow:
         return result
 
     async def await_approval(self, timeout: timedelta | None, what: str) -> None:
-        """A durable wait for `approve`; `abort` ends it, and so does `timeout` (as an abort)."""
-        if self.approval is None:
-            self.timer_ends_at = workflow.now() + timeout if timeout else None
-            self.set_phase(Phase.AWAITING_APPROVAL, f"waiting for approval to {what}")
-            try:
-                await workflow.wait_condition(
-                    lambda: self.approval is not None or self.interruption is not None,
-                    timeout=timeout,
-                    timeout_summary=f"approval to {what}",
-                )
-            except asyncio.TimeoutError:
-                raise StepFailed(
-                    f"approval to {what} was not given within {format_duration(timeout or timedelta())}",
-                    Outcome.ABORTED,
-                ) from None
-            finally:
-                self.timer_ends_at = None
+        """A durable wait for `approve` (or `promote`); `abort` ends it, so does `timeout` (as an abort)."""
+        self.approval = None
+        self.awaiting_approval = True
+        self.timer_ends_at = workflow.now() + timeout if timeout else None
+        self.set_phase(Phase.AWAITING_APPROVAL, f"waiting for approval to {what}")
+        try:
+            await workflow.wait_condition(
+                lambda: self.approval is not None or self.promotion is not None or self.interruption is not None,
+                timeout=timeout,
+                timeout_summary=f"approval to {what}",
+            )
+        except asyncio.TimeoutError:
+            raise StepFailed(
+                f"approval to {what} was not given within {format_duration(timeout or timedelta())}",
+                Outcome.ABORTED,
+            ) from None
+        finally:
+            self.awaiting_approval = False
+            self.timer_ends_at = None
         self.raise_if_interrupted()
-        assert self.approval is not None
-        self.record("approved", f"{what} approved", by=self.approval.by, reason=self.approval.reason)
+        decision = self.approval or self.promotion
+        assert decision is not None
+        self.record("approved", f"{what} approved", by=decision.by, reason=decision.reason)
 
     async def hold(self, duration: timedelta, summary: str) -> None:
-        """A durable timer that abort/rollback cuts short (raising Interrupted)."""
+        """A durable timer that abort/rollback cut short (raising Interrupted), and promote ends."""
         self.timer_ends_at = workflow.now() + duration
         self._show_details()
         try:
             await workflow.wait_condition(
-                lambda: self.interruption is not None, timeout=duration, timeout_summary=summary
+                lambda: self.interruption is not None or self.promotion is not None,
+                timeout=duration,
+                timeout_summary=summary,
             )
         except asyncio.TimeoutError:
             pass
         finally:
             self.timer_ends_at = None
         self.raise_if_interrupted()
+
+    # -- analysis --------------------------------------------------------------------------
+
+    def variants(self) -> Variants:
+        """The version labels a strategy compares; strategies that measure override this."""
+        raise NotImplementedError
+
+    async def measure(self, check_names: list[str] | None = None) -> Measurement:
+        """Run the checks once through Prometheus and judge the result (no limits applied)."""
+        analysis = self.spec.analysis
+        assert analysis is not None
+        checks = [c for c in analysis.checks if check_names is None or c.name in check_names]
+        variants = self.variants()
+        request = MeasureRequest(prometheus_url=analysis.prometheus.url, queries=queries(checks, variants))
+        values = await self.interruptible(
+            "analysis",
+            workflow.execute_activity(
+                "measure",
+                request,
+                result_type=list[MetricValue],
+                summary=f"measure {', '.join(c.name for c in checks)}",
+                start_to_close_timeout=request.timeout + timedelta(seconds=5),
+                retry_policy=RetryPolicy(maximum_attempts=2),
+            ),
+        )
+        measurement = judge(workflow.now(), checks, variants, values)
+        self.last_measurement = measurement
+        if measurement.verdict != Verdict.PASS:
+            self.record("analysis", f"{measurement.verdict.value}: " + "; ".join(
+                c.message for c in measurement.checks if c.verdict != Verdict.PASS
+            ))
+        else:
+            self._show_details()
+        return measurement
+
+    def count(self, measurement: Measurement) -> None:
+        """Hold a measurement against the limits; a failed analysis rolls back at once."""
+        assert self.limits is not None
+        failure = self.limits.add(measurement)
+        if failure is not None:
+            self.failed_measurement = measurement
+            raise StepFailed(failure)
+
+    async def observe(self, duration: timedelta | None, what: str) -> None:
+        """Wait `duration` (None: until approved), measuring every `interval` all the while.
+
+        The seed checks once at the end of a 10-minute window; here a breach is acted on at the
+        first measurement after it. `abort` interrupts, `promote` ends the wait.
+        """
+        analysis = self.spec.analysis
+        if duration is None:
+            self.approval = None
+            self.awaiting_approval = True
+        end = workflow.now() + duration if duration is not None else None
+        self.timer_ends_at = end
+        self._show_details()
+        passed = 0
+        try:
+            while True:
+                now = workflow.now()
+                interval = analysis.interval if analysis else None
+                timeout = interval if end is None else (end - now if interval is None else min(interval, end - now))
+                try:
+                    await workflow.wait_condition(
+                        lambda: self.interruption is not None
+                        or self.promotion is not None
+                        or self.approval is not None,
+                        timeout=timeout,
+                        timeout_summary=what,
+                    )
+                except asyncio.TimeoutError:
+                    pass
+                self.raise_if_interrupted()
+                if self.promotion is not None or self.approval is not None:
+                    break
+                if analysis is not None:
+                    measurement = await self.measure()
+                    self.count(measurement)
+                    passed += measurement.verdict == Verdict.PASS
+                if end is not None and workflow.now() >= end:
+                    break
+        finally:
+            self.awaiting_approval = False
+            self.timer_ends_at = None
+        if analysis is not None:
+            self.record("analysis", f"{what}: {passed} measurement(s) passed")
+        if duration is None:
+            decision = self.approval or self.promotion
+            assert decision is not None
+            self.record("approved", f"{what} approved", by=decision.by, reason=decision.reason)
+
+    async def one_off_analysis(self, check_names: list[str] | None) -> None:
+        """Measure until a pass, re-measuring (every interval) within the limits."""
+        analysis = self.spec.analysis
+        assert analysis is not None
+        while True:
+            measurement = await self.measure(check_names)
+            self.count(measurement)
+            if measurement.verdict == Verdict.PASS:
+                self.record("analysis", "one-off analysis passed")
+                return
+            await self.hold(analysis.interval, "re-measure an inconclusive analysis")
+            if self.promotion is not None:
+                return
 
     async def finish(self, outcome: Outcome, reason: str, by: str | None = None) -> DeploymentResult:
         """Record the outcome, show it, and return it once every signal handler is done."""
@@ -354,6 +506,8 @@ class DeploymentWorkflow:
             image=self.spec.image,
             active_version=self.active_version,
             previous_version=self.previous_version,
+            previous_image=self.previous_image,
+            failed_measurement=self.failed_measurement,
             started_at=self.started_at,
             finished_at=workflow.now(),
             events=list(self.events),
@@ -378,10 +532,11 @@ def switch_spec(spec: DeploymentSpec, service: str, from_version: str | None, to
     )
 
 
-def workload_spec(spec: DeploymentSpec, version: str, deadline: timedelta) -> WorkloadSpec:
+def workload_spec(spec: DeploymentSpec, version: str, deadline: timedelta, name: str | None = None) -> WorkloadSpec:
+    """The Deployment `name` (default `{app}-{version}`) running the spec's image, labelled `version`."""
     return WorkloadSpec(
         namespace=spec.namespace,
-        name=f"{spec.app}-{version}",
+        name=name or f"{spec.app}-{version}",
         app=spec.app,
         version=version,
         image=spec.image,
