@@ -321,4 +321,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    # Exit without interpreter finalisation: the Temporal client's native threads may still call
+    # into Python while it is being torn down, which can abort the process after the work is
+    # done and turn a clean exit code into a crash. Everything has been printed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,155 @@
+"""End to end: the CLI, the real Temporal dev server, the real worker, the emulated cluster.
+
+The CLI runs as a subprocess, exactly as CI would call it; the worker runs in this process with
+the real activities, talking to the cluster through the official client over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from temporalio.testing import WorkflowEnvironment
+
+from deploy_models import DeploymentStatus, Phase
+from sandbox.cluster import DEPLOYMENTS, SERVICES, ClusterEmulator, serve_cluster, write_kubeconfig
+from tests.conftest import eventually
+from worker import build_worker, kubernetes_api
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Stack:
+    env: WorkflowEnvironment
+    cluster: ClusterEmulator
+    cluster_url: str
+    task_queue: str
+    tmp: Path
+
+    def spec(self, app: str, image: str, **blue_green: Any) -> Path:
+        proxy = f"{self.cluster_url}/api/v1/namespaces/{{namespace}}/services/{{service}}:80/proxy/health"
+        document = {
+            "app": app,
+            "image": image,
+            "replicas": 2,
+            "strategy": {
+                "type": "blueGreen",
+                "blueGreen": {
+                    "previewService": f"{app}-preview",
+                    "smokeTest": {"url": proxy, "retries": 1, "interval": "1s"},
+                    "scaleDownDelay": "1s",
+                    "progressDeadline": "30s",
+                    **blue_green,
+                },
+            },
+        }
+        path = self.tmp / f"{app}-{image.replace(':', '-')}.yaml"
+        path.write_text(yaml.safe_dump(document))
+        return path
+
+    async def cli(self, *args: str | Path) -> tuple[int, str, str]:
+        env = {
+            **os.environ,
+            "TEMPORAL_ADDRESS": self.env.client.service_client.config.target_host,
+            "TIDEGATE_TASK_QUEUE": self.task_queue,
+            "TIDEGATE_USER": "ci-bot",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "starter.py", *map(str, args), cwd=ROOT, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    def selector(self, service: str) -> str | None:
+        found = self.cluster.get(SERVICES, "default", service)
+        return None if found is None else found["spec"]["selector"].get("version")
+
+    def image(self, deployment: str) -> str | None:
+        found = self.cluster.get(DEPLOYMENTS, "default", deployment)
+        return None if found is None else found["spec"]["template"]["spec"]["containers"][0]["image"]
+
+
+@pytest.fixture
+async def stack(dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path) -> AsyncIterator[Stack]:
+    async with serve_cluster(rollout_seconds=0.3) as (cluster, url):
+        kubeconfig = tmp_path / "kubeconfig"
+        write_kubeconfig(kubeconfig, url)
+        async with await kubernetes_api(str(kubeconfig)) as api:
+            async with build_worker(dev_env.client, api, task_queue):
+                yield Stack(dev_env, cluster, url, task_queue, tmp_path)
+
+
+async def test_first_deployment_then_blue_green_switch(stack: Stack) -> None:
+    code, out, err = await stack.cli("start", stack.spec("shop", "shop:1.0"), "--wait")
+    assert code == 0, out + err
+    assert "started deploy-default-shop" in out and "/namespaces/default/workflows/deploy-default-shop" in out
+    assert stack.selector("shop") == "blue" and stack.image("shop-blue") == "shop:1.0"
+
+    code, out, err = await stack.cli("start", stack.spec("shop", "shop:2.0"), "--wait")
+    assert code == 0, out + err
+    assert "promoted: shop serves shop:2.0 from green" in out
+    assert "SmokeTesting" in out and "KeepingPrevious" in out  # events printed as they happened
+    assert stack.selector("shop") == "green" and stack.selector("shop-preview") == "green"
+    assert stack.image("shop-green") == "shop:2.0"
+    assert stack.image("shop-blue") is None  # deleted after the scale-down delay
+
+    # What the Temporal UI shows: search attributes and the summary.
+    description = await stack.env.client.get_workflow_handle("deploy-default-shop").describe()
+    attributes = {key.name: value for key, value in description.typed_search_attributes}
+    assert attributes["DeployApp"] == "shop" and attributes["DeployStrategy"] == "blueGreen"
+    assert attributes["DeployPhase"] == "Promoted" and attributes["DeployImage"] == "shop:2.0"
+    assert await description.static_summary() == "shop blueGreen → shop:2.0"
+
+    code, out, err = await stack.cli("status", "shop", "--json")
+    assert code == 0, err
+    status = DeploymentStatus.model_validate_json(out)
+    assert status.phase == Phase.PROMOTED and status.active_version == "green"
+    assert status.events[0].by == "ci-bot"
+
+
+async def test_unhealthy_version_is_rolled_back_and_traffic_stays(stack: Stack) -> None:
+    code, out, err = await stack.cli("start", stack.spec("cart", "cart:1.0"), "--wait")
+    assert code == 0, out + err
+    code, out, err = await stack.cli("start", stack.spec("cart", "cart:2.0-unhealthy"), "--wait", "--json")
+    assert code == 3, out + err
+    assert '"outcome":"rolledBack"' in out and "smoke test" in out
+    assert stack.selector("cart") == "blue" and stack.image("cart-blue") == "cart:1.0"
+    assert stack.image("cart-green") is None
+
+
+async def test_approval_second_start_refused_and_abort(stack: Stack) -> None:
+    assert (await stack.cli("start", stack.spec("pay", "pay:1.0"), "--wait"))[0] == 0
+    waiting = asyncio.ensure_future(stack.cli("start", stack.spec("pay", "pay:2.0", approval={}), "--wait"))
+
+    async def awaiting_approval() -> bool:
+        code, out, _ = await stack.cli("status", "pay", "--json")
+        return code == 0 and DeploymentStatus.model_validate_json(out).phase == Phase.AWAITING_APPROVAL
+
+    await eventually(awaiting_approval, timeout=60, what="the run to wait for approval")
+    assert stack.selector("pay") == "blue" and stack.selector("pay-preview") == "green"
+
+    code, _, err = await stack.cli("start", stack.spec("pay", "pay:3.0"))
+    assert code == 1
+    assert "already running: deploy-default-pay (pay:2.0, phase AwaitingApproval" in err
+
+    code, out, err = await stack.cli("abort", "pay", "--by", "sre-oncall", "--reason", "freeze")
+    assert code == 0, err
+    code, out, err = await waiting
+    assert code == 3, out + err
+    assert "aborted: abort by sre-oncall: freeze" in out
+    assert stack.selector("pay") == "blue" and stack.image("pay-green") is None
+
+    code, _, err = await stack.cli("approve", "pay", "--by", "late")
+    assert code == 2 and "is not running" in err
+    code, _, err = await stack.cli("abort", "nosuchapp")
+    assert code == 2 and "no deployment 'nosuchapp'" in err
