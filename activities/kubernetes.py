@@ -128,21 +128,16 @@ def destination_rule_manifest(target: IstioTarget) -> dict[str, Any]:
 
 
 def virtual_service_manifest(target: IstioTarget) -> dict[str, Any]:
-    """The seed's VirtualService: `canary: "true"` goes to the canary, the rest is split by weight."""
+    """The seed's weighted route, all to stable. The seed's header route (`canary: "true"`) is
+    left out: a canary must get no traffic before it is ready and smoke tested; A/B tests add
+    their match route for the length of the experiment."""
     return {
         "apiVersion": f"{ISTIO_GROUP}/{ISTIO_VERSION}",
         "kind": "VirtualService",
         "metadata": {"name": target.virtual_service, "namespace": target.namespace, "labels": dict(MANAGED_BY)},
         "spec": {
             "hosts": [target.host],
-            "http": [
-                {
-                    "name": "canary-header",
-                    "match": [{"headers": {"canary": {"exact": "true"}}}],
-                    "route": [{"destination": {"host": target.host, "subset": target.canary_subset}, "weight": 100}],
-                },
-                {"name": target.route or "primary", "route": weighted_route([], target, 0)},
-            ],
+            "http": [{"name": target.route or "primary", "route": weighted_route([], target, 0)}],
         },
     }
 
