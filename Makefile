@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m sandbox.demo
+	scripts/install-prometheus.sh
+	$(BIN)/python -m sandbox.demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	scripts/install-prometheus.sh

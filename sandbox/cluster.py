@@ -62,6 +62,7 @@ __all__ = [
     'DEPLOYMENTS',
     'DESTINATIONRULES',
     'NAMESPACES',
+    'ReadyPods',
     'SERVICES',
     'VIRTUALSERVICES',
     'default_is_image_healthy',
@@ -351,6 +352,17 @@ class _Rollout:
     serving: list[_Pods] = dataclasses.field(default_factory=list)
 
 
+@dataclasses.dataclass(frozen=True)
+class ReadyPods:
+    """Ready pods of one Deployment with one pod template (mid-rollout, old and new come apart)."""
+
+    namespace: str
+    deployment: str
+    image: str
+    labels: dict[str, str]  # the pod template's labels
+    count: int
+
+
 def _int_or_percent(value: Any, total: int, default: str) -> int:
     value = default if value is None else value
     if isinstance(value, str) and value.endswith('%'):
@@ -453,6 +465,25 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         ``get(url)`` HTTP shortcut; use ``request('GET', url)`` for that.)
         """
         return self._live((self._resolve(resource), namespace, name))
+
+    def ready_pods(self) -> list[ReadyPods]:
+        """The pods serving right now, as the service proxy sees them (old pods included mid-rollout)."""
+        return [
+            ReadyPods(namespace or '', name, pods.image, dict(pods.labels), pods.count)
+            for (res, namespace, name), rollout in sorted(self._rollouts.items(), key=lambda kv: kv[0][1:])
+            if res == DEPLOYMENTS
+            for pods in rollout.serving
+        ]
+
+    def peek(self, resource: str | kmock.resource) -> list[dict[str, Any]]:
+        """
+        The live objects of a resource, NOT deep-copied: read them, never change them.
+
+        For readers that look at the whole cluster many times a second (the traffic
+        simulator); stored versions are replaced, never edited, on every write.
+        """
+        res = self._resolve(resource)
+        return [obj.raw for (r, _, _), obj in self._objects.items() if r == res and not obj.deleted]
 
     @property
     def resource_version(self) -> int:

@@ -8,11 +8,12 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from workflows.common import SEARCH_ATTRIBUTES
 
@@ -54,7 +55,7 @@ def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 15.0, what: str = "condition") -> T:
+async def eventually(check: Callable[[], Awaitable[T | None]], what: str = "condition", timeout: float = 15.0) -> T:
     """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     last: T | None = None
@@ -64,3 +65,15 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float = 
             return last
         await asyncio.sleep(0.05)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def worker_for_test(env: WorkflowEnvironment, task_queue: str, workflows: list[type], activities: list[Any]) -> Worker:
+    """A worker for workflow tests: a bug in workflow code fails the run at once (instead of
+    retrying the workflow task forever, as production rightly does), so a test fails, not hangs."""
+    return Worker(
+        env.client,
+        task_queue=task_queue,
+        workflows=workflows,
+        activities=activities,
+        workflow_failure_exception_types=[Exception],
+    )

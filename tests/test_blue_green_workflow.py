@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from deploy_models import Decision, DeploymentInput, DeploymentResult, Outcome, Phase, parse_spec
-from tests.conftest import eventually
+from tests.conftest import eventually, worker_for_test
 from tests.fakes import FakeCluster
 from workflows.blue_green import BlueGreenWorkflow
 
@@ -34,12 +33,7 @@ def spec(**blue_green: Any) -> Any:
 @pytest.fixture
 async def cluster(time_skipping_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[FakeCluster]:
     fake = FakeCluster(services={"myapp": "blue"}, deployments={"myapp-blue": "myapp:1.0"})
-    async with Worker(
-        time_skipping_env.client,
-        task_queue=task_queue,
-        workflows=[BlueGreenWorkflow],
-        activities=fake.activities(),
-    ):
+    async with worker_for_test(time_skipping_env, task_queue, [BlueGreenWorkflow], fake.activities()):
         yield fake
 
 

@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from deploy_models import Decision, DeploymentInput, DeploymentResult, Outcome, Phase, parse_spec
-from tests.conftest import eventually
+from tests.conftest import eventually, worker_for_test
 from tests.fakes import FakeCluster
 from workflows.canary import CanaryWorkflow
 
@@ -37,9 +36,7 @@ def spec(steps: list[dict[str, Any]] | None = None, **analysis: Any) -> Any:
 @pytest.fixture
 async def cluster(time_skipping_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[FakeCluster]:
     fake = FakeCluster(deployments={"myapp-stable": "myapp:1.0"}, replicas={"myapp-stable": 3})
-    async with Worker(
-        time_skipping_env.client, task_queue=task_queue, workflows=[CanaryWorkflow], activities=fake.activities()
-    ):
+    async with worker_for_test(time_skipping_env, task_queue, [CanaryWorkflow], fake.activities()):
         yield fake
 
 

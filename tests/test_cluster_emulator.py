@@ -16,6 +16,7 @@ import pytest
 import pytest_asyncio
 from kubernetes import client
 
+from tests.conftest import eventually
 from sandbox.cluster import (
     DEPLOYMENTS,
     SERVICES,
@@ -64,17 +65,6 @@ async def cluster(tmp_path: Path) -> AsyncIterator[Cluster]:
 async def call(fn: Callable[..., T], /, **kwargs: Any) -> T:
     """Run a blocking (sync client) call off the event loop that serves the emulator."""
     return await asyncio.to_thread(fn, **kwargs)
-
-
-async def poll(check: Callable[[], Awaitable[T | None]], what: str, timeout: float = 5.0) -> T:
-    deadline = time.monotonic() + timeout
-    last: T | None = None
-    while time.monotonic() < deadline:
-        last = await check()
-        if last:
-            return last
-        await asyncio.sleep(0.02)
-    raise AssertionError(f'timed out waiting for {what} (last: {last!r})')
 
 
 def status_of(exc: client.ApiException) -> dict[str, Any]:
@@ -199,7 +189,7 @@ async def test_declared_resources_are_listable_when_empty(cluster: Cluster) -> N
 async def test_resource_version_and_generation_bumps(cluster: Cluster) -> None:
     created = await call(
         cluster.apps.create_namespaced_deployment, namespace=NS, body=make_deployment('web', 'app:v1', sidecar=True))
-    await poll(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
+    await eventually(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
 
     # A dict body without _content_type goes as a strategic merge patch.
     labelled = await call(
@@ -217,7 +207,7 @@ async def test_resource_version_and_generation_bumps(cluster: Cluster) -> None:
     assert int(updated.metadata.resource_version) > int(labelled.metadata.resource_version)
 
     # A no-op write changes nothing, the resourceVersion included (as kube-apiserver does).
-    current = await poll(lambda: rolled_out(cluster, 'web'), 'the second rollout')
+    current = await eventually(lambda: rolled_out(cluster, 'web'), 'the second rollout')
     again = await call(cluster.apps.patch_namespaced_deployment, name='web', namespace=NS, body=body)
     assert again.metadata.resource_version == current.metadata.resource_version
 
@@ -339,7 +329,7 @@ async def test_status_subresource_changes_only_status(cluster: Cluster) -> None:
 @pytest.mark.parametrize('code', [409, 429, 500])
 async def test_injected_faults_leave_state_unchanged(cluster: Cluster, code: int) -> None:
     await call(cluster.apps.create_namespaced_deployment, namespace=NS, body=make_deployment('web', 'app:v1'))
-    await poll(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
+    await eventually(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
     before = cluster.emulator.get(DEPLOYMENTS, NS, 'web')
 
     patches = cluster.emulator['patch', DEPLOYMENTS]
@@ -386,19 +376,19 @@ async def test_injected_faults_in_other_forms(cluster: Cluster) -> None:
 async def test_deployment_status_converges(cluster: Cluster) -> None:
     await call(cluster.apps.create_namespaced_deployment, namespace=NS,
                body=make_deployment('web', 'app:v1', replicas=2))
-    dep = await poll(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
+    dep = await eventually(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
     assert dep.status.ready_replicas == 2 and dep.status.observed_generation == 1
     assert condition(dep, 'Available').status == 'True'
 
     body = {'spec': {'template': {'spec': {'containers': [{'name': 'app', 'image': 'app:v2'}]}}}}
     await call(cluster.apps.patch_namespaced_deployment, name='web', namespace=NS, body=body)
-    dep = await poll(lambda: rolled_out(cluster, 'web'), 'the v2 rollout')
+    dep = await eventually(lambda: rolled_out(cluster, 'web'), 'the v2 rollout')
     assert dep.metadata.generation == 2 and dep.status.observed_generation == 2
 
     scale = await call(cluster.apps.patch_namespaced_deployment_scale, name='web', namespace=NS,
                        body={'spec': {'replicas': 0}})
     assert scale.spec.replicas == 0
-    dep = await poll(lambda: rolled_out(cluster, 'web'), 'the scale-down')
+    dep = await eventually(lambda: rolled_out(cluster, 'web'), 'the scale-down')
     assert dep.metadata.generation == 3
     assert not dep.status.replicas and not dep.status.ready_replicas and not dep.status.available_replicas
 
@@ -413,7 +403,7 @@ async def test_crashing_image_exceeds_progress_deadline(cluster: Cluster) -> Non
         progressing = condition(dep, 'Progressing')
         return dep if progressing is not None and progressing.reason == 'ProgressDeadlineExceeded' else None
 
-    dep = await poll(deadline_exceeded, 'ProgressDeadlineExceeded')
+    dep = await eventually(deadline_exceeded, 'ProgressDeadlineExceeded')
     assert condition(dep, 'Progressing').status == 'False'
     assert condition(dep, 'Available').status == 'False'
     assert not dep.status.ready_replicas and dep.status.updated_replicas == 1
@@ -436,7 +426,7 @@ async def test_service_proxy(cluster: Cluster) -> None:
             async with http.get(f'{proxy}/web:80/proxy/health') as resp:
                 return (resp.status, await resp.text()) if resp.status != 503 else None
 
-        assert await poll(health, 'ready endpoints') == (200, 'ok')
+        assert await eventually(health, 'ready endpoints') == (200, 'ok')
         async with http.get(f'{proxy}/web/proxy/version') as resp:
             assert resp.status == 200
             assert await resp.json() == {'deployment': 'web', 'image': 'app:v1', 'version': 'v1', 'path': '/version'}
@@ -451,7 +441,7 @@ async def test_service_proxy(cluster: Cluster) -> None:
             'spec': {'containers': [{'name': 'app', 'image': 'app:v2-unhealthy'}]},
         }}}
         await call(cluster.apps.patch_namespaced_deployment, name='web', namespace=NS, body=body)
-        assert await poll(lambda: _unhealthy(http, f'{proxy}/web:80/proxy/health'), 'the unhealthy v2') == 500
+        assert await eventually(lambda: _unhealthy(http, f'{proxy}/web:80/proxy/health'), 'the unhealthy v2') == 500
 
         cluster.emulator.is_image_healthy = lambda image: True
         async with http.get(f'{proxy}/web:80/proxy/health') as resp:
@@ -466,7 +456,7 @@ async def _unhealthy(http: aiohttp.ClientSession, url: str) -> int | None:
 @pytest.mark.asyncio
 async def test_old_pods_keep_serving_during_a_failed_rollout(cluster: Cluster) -> None:
     await call(cluster.apps.create_namespaced_deployment, namespace=NS, body=make_deployment('web', 'app:v1'))
-    await poll(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
+    await eventually(lambda: rolled_out(cluster, 'web'), 'the initial rollout')
     body = {'spec': {'template': {'spec': {'containers': [{'name': 'app', 'image': 'app:v2-crash'}]}}}}
     await call(cluster.apps.patch_namespaced_deployment, name='web', namespace=NS, body=body)
 
@@ -474,7 +464,7 @@ async def test_old_pods_keep_serving_during_a_failed_rollout(cluster: Cluster) -
         dep = await call(cluster.apps.read_namespaced_deployment, name='web', namespace=NS)
         return dep if dep.status.observed_generation == 2 else None
 
-    dep = await poll(observed, 'generation 2 observed')
+    dep = await eventually(observed, 'generation 2 observed')
     assert (dep.status.replicas, dep.status.updated_replicas, dep.status.ready_replicas) == (2, 1, 1)
     assert condition(dep, 'Progressing').reason == 'ReplicaSetUpdated'
     assert await rolled_out(cluster, 'web') is None
@@ -494,7 +484,7 @@ async def test_watch_streams_modifications(cluster: Cluster) -> None:
     async def connected() -> bool:
         return cluster.emulator.watchers(DEPLOYMENTS) > 0
 
-    await poll(connected, 'the watch to connect')
+    await eventually(connected, 'the watch to connect')
     await call(cluster.apps.patch_namespaced_deployment, name='web', namespace=NS, body={'spec': {'replicas': 2}})
     events = await asyncio.wait_for(watching, timeout=5)
     assert events[0][0] == 'ADDED'
