@@ -4,6 +4,7 @@
     python starter.py start SPEC [--wait] [--json]
     python starter.py approve|abort|rollback ID [--by NAME] [--reason TEXT]
     python starter.py status ID [--json]
+    python starter.py list [--app A] [--running] | watch ID | retry ID | undo APP
 
 ID is a workflow id or an app name (with --namespace). Exit codes, stable for CI:
 0 promoted (or the command succeeded), 3 rolled back or aborted, 2 invalid input (nothing was
@@ -19,6 +20,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
@@ -160,7 +162,7 @@ async def describe_running(client: Client, run_id: str) -> str:
 async def resolve(client: Client, name: str, namespace: str) -> WorkflowHandle[Any, Any]:
     """A handle for a workflow id, or for the deployment of app `name` in `namespace`."""
     for candidate in (name, workflow_id(namespace, name)):
-        handle = client.get_workflow_handle(candidate)
+        handle = client.get_workflow_handle(candidate, result_type=DeploymentResult)
         try:
             await handle.describe()
             return handle
@@ -175,19 +177,45 @@ def format_event(event: Event) -> str:
     return f"{event.at:%Y-%m-%dT%H:%M:%SZ}  {event.kind:<13} {event.message}{who}"
 
 
+def status_line(status: DeploymentStatus, now: datetime) -> str:
+    """One line for a terminal: phase, step, weight, last measurement, timer, elapsed time."""
+    parts = [status.phase.value]
+    if status.step is not None:
+        parts.append(f"step {status.step}")
+    if status.weight is not None:
+        parts.append(f"weight {status.weight}%")
+    if status.last_measurement is not None:
+        parts.append(
+            " ".join(
+                f"{c.name}={'no data' if c.value is None else f'{c.value:.3g}'}" for c in status.last_measurement.checks
+            )
+        )
+    if status.timer_ends_at is not None:
+        parts.append(f"timer {max(0, int((status.timer_ends_at - now).total_seconds()))}s left")
+    parts.append(f"elapsed {int((now - status.started_at).total_seconds())}s")
+    return " | ".join(parts)
+
+
 async def follow(handle: WorkflowHandle[Any, DeploymentResult], out: TextIO) -> DeploymentResult:
-    """Print each event as it is recorded, then return the result."""
+    """Print each event as it is recorded (and, on a terminal, a live status line), then the result."""
+    live = out.isatty()
     result_task = asyncio.ensure_future(handle.result())
     printed = 0
     while not result_task.done():
         try:
             status = await handle.query("status", result_type=DeploymentStatus)
+            if live:
+                print("\r\x1b[K", end="", file=out)
             for event in status.events[printed:]:
                 print(format_event(event), file=out, flush=True)
             printed = len(status.events)
+            if live:
+                print(status_line(status, datetime.now(timezone.utc)), end="", file=out, flush=True)
         except RPCError:
             pass  # the run may be between workflow tasks; the next poll catches up
         await asyncio.wait([result_task], timeout=1.0)
+    if live:
+        print("\r\x1b[K", end="", file=out)
     result = result_task.result()
     for event in result.events[printed:]:
         print(format_event(event), file=out, flush=True)
@@ -232,16 +260,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps({"workflowId": handle.id, "runId": handle.result_run_id}))
         return EXIT_OK
-    try:
-        result = await follow(handle, sys.stderr if args.json else sys.stdout)
-    except WorkflowFailureError as error:
-        print(f"{handle.id} failed: {error.cause}", file=sys.stderr)
-        return EXIT_ERROR
-    if args.json:
-        print(result.model_dump_json())
-    else:
-        print(f"{result.outcome.value}: {result.reason}")
-    return OUTCOME_EXIT[result.outcome]
+    return await wait_and_report(handle, args.json)
 
 
 async def cmd_signal(args: argparse.Namespace) -> int:
@@ -266,6 +285,126 @@ async def cmd_status(args: argparse.Namespace) -> int:
     else:
         print_status(status, sys.stdout)
     return EXIT_OK
+
+
+async def finished_result(handle: WorkflowHandle[Any, Any]) -> DeploymentResult | None:
+    """The result of a run that has ended (None while it runs, or when it failed outright)."""
+    description = await handle.describe()
+    if description.status == WorkflowExecutionStatus.WORKFLOW_EXECUTION_STATUS_RUNNING:
+        return None
+    try:
+        return await handle.result()
+    except WorkflowFailureError:
+        return None
+
+
+async def original_input(client: Client, handle: WorkflowHandle[Any, Any]) -> DeploymentInput:
+    """The input a run was started with, read back from its history."""
+    history = await handle.fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    [decoded] = await client.data_converter.decode(started.input.payloads, [DeploymentInput])
+    return decoded
+
+
+def list_query(app: str | None, namespace: str | None, running: bool) -> str:
+    clauses = ["DeployApp IS NOT NULL" if not app else f'DeployApp = "{app}"']
+    if namespace:
+        clauses.append(f'DeployNamespace = "{namespace}"')
+    if running:
+        clauses.append('ExecutionStatus = "Running"')
+    return " AND ".join(clauses)
+
+
+async def cmd_list(args: argparse.Namespace) -> int:
+    client = await connect()
+    rows = []
+    async for execution in client.list_workflows(list_query(args.app, args.namespace, args.running), limit=args.limit):
+        attributes = {key.name: value for key, value in execution.typed_search_attributes}
+        rows.append(
+            {
+                "workflowId": execution.id,
+                "runId": execution.run_id,
+                "app": attributes.get("DeployApp"),
+                "namespace": attributes.get("DeployNamespace"),
+                "strategy": attributes.get("DeployStrategy"),
+                "image": attributes.get("DeployImage"),
+                "phase": attributes.get("DeployPhase"),
+                "status": execution.status.name.lower() if execution.status else "unknown",
+                "startedAt": execution.start_time.isoformat(),
+            }
+        )
+    rows.sort(key=lambda row: row["startedAt"], reverse=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return EXIT_OK
+    print(f"{'started (UTC)':<20} {'app':<16} {'strategy':<10} {'phase':<16} {'image':<28} workflow")
+    for row in rows:
+        print(
+            f"{row['startedAt'][:19]:<20} {row['app'] or '-':<16} {row['strategy'] or '-':<10} "
+            f"{row['phase'] or '-':<16} {row['image'] or '-':<28} {row['workflowId']}"
+        )
+    return EXIT_OK
+
+
+async def wait_and_report(handle: WorkflowHandle[Any, DeploymentResult], as_json: bool) -> int:
+    try:
+        result = await follow(handle, sys.stderr if as_json else sys.stdout)
+    except WorkflowFailureError as error:
+        print(f"{handle.id} failed: {error.cause}", file=sys.stderr)
+        return EXIT_ERROR
+    if as_json:
+        print(result.model_dump_json())
+    else:
+        print(f"{result.outcome.value}: {result.reason}")
+    return OUTCOME_EXIT[result.outcome]
+
+
+async def cmd_watch(args: argparse.Namespace) -> int:
+    client = await connect()
+    handle = await resolve(client, args.id, args.namespace)
+    return await wait_and_report(handle, args.json)
+
+
+async def start_again(client: Client, spec: DeploymentSpec, by: str, task_queue: str, wait: bool, as_json: bool) -> int:
+    try:
+        handle = await start_deployment(client, spec, by, task_queue)
+    except AlreadyRunning as error:
+        print(f"refused: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    print(f"started {handle.id} ({spec.image})", file=sys.stderr if as_json else sys.stdout)
+    print(f"  {ui_link(client, handle.id)}", file=sys.stderr if as_json else sys.stdout)
+    return await wait_and_report(handle, as_json) if wait else EXIT_OK
+
+
+async def cmd_retry(args: argparse.Namespace) -> int:
+    """Run a rolled-back or aborted deployment again, with the same spec."""
+    client = await connect()
+    handle = await resolve(client, args.id, args.namespace)
+    result = await finished_result(handle)
+    if result is None or result.outcome not in (Outcome.ROLLED_BACK, Outcome.ABORTED, Outcome.FAILED):
+        state = "still running" if result is None else f"ended {result.outcome.value}"
+        raise InvalidInput(f"{handle.id} {state}: only a rolled back, aborted or failed run can be retried")
+    previous = await original_input(client, handle)
+    return await start_again(client, previous.spec, args.by, args.task_queue, args.wait, args.json)
+
+
+async def cmd_undo(args: argparse.Namespace) -> int:
+    """Deploy the image that was promoted before the current one, with the latest spec."""
+    client = await connect()
+    images: list[tuple[str, WorkflowHandle[Any, Any]]] = []
+    query = f'DeployApp = "{args.app}" AND DeployNamespace = "{args.namespace}" AND DeployPhase = "Promoted"'
+    async for execution in client.list_workflows(query):
+        attributes = {key.name: value for key, value in execution.typed_search_attributes}
+        images.append((str(attributes.get("DeployImage")), client.get_workflow_handle(execution.id, run_id=execution.run_id)))
+    if not images:
+        raise InvalidInput(f"no promoted deployment of {args.app} in namespace {args.namespace}")
+    current = images[0][0]
+    earlier = next((image for image, _ in images[1:] if image != current), None)
+    if earlier is None:
+        raise InvalidInput(f"{args.app} has no promoted image before {current} to go back to")
+    latest = await original_input(client, images[0][1])
+    spec = latest.spec.model_copy(update={"image": earlier})
+    return await start_again(client, spec, args.by, args.task_queue, args.wait, args.json)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -295,6 +434,29 @@ def parser() -> argparse.ArgumentParser:
         signal.add_argument("--by", default=default_user())
         signal.add_argument("--reason", default="")
 
+    listing = commands.add_parser("list", help="deployments, newest first (Temporal visibility)")
+    listing.add_argument("--app")
+    listing.add_argument("--namespace")
+    listing.add_argument("--running", action="store_true")
+    listing.add_argument("--limit", type=int, default=50)
+    listing.add_argument("--json", action="store_true")
+
+    watch = commands.add_parser("watch", help="follow a running deployment; the exit code tells the outcome")
+    watch.add_argument("id", help="workflow id, or app name")
+    watch.add_argument("--namespace", default="default")
+    watch.add_argument("--json", action="store_true")
+
+    retry = commands.add_parser("retry", help="run a rolled back or aborted deployment again, same spec")
+    retry.add_argument("id", help="workflow id, or app name")
+    undo = commands.add_parser("undo", help="deploy the image promoted before the current one")
+    undo.add_argument("app")
+    for again in (retry, undo):
+        again.add_argument("--namespace", default="default")
+        again.add_argument("--wait", action="store_true")
+        again.add_argument("--json", action="store_true")
+        again.add_argument("--by", default=default_user())
+        again.add_argument("--task-queue", default=os.environ.get("TIDEGATE_TASK_QUEUE", TASK_QUEUE))
+
     status = commands.add_parser("status", help="phase, versions and events of a deployment")
     status.add_argument("id", help="workflow id, or app name")
     status.add_argument("--namespace", default="default")
@@ -310,7 +472,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plan":
             return cmd_plan(args)
-        runner = {"start": cmd_start, "status": cmd_status}.get(args.command, cmd_signal)
+        runner = {
+            "start": cmd_start,
+            "status": cmd_status,
+            "list": cmd_list,
+            "watch": cmd_watch,
+            "retry": cmd_retry,
+            "undo": cmd_undo,
+        }.get(args.command, cmd_signal)
         return asyncio.run(runner(args))
     except InvalidInput as error:
         print(f"error: {error}", file=sys.stderr)
@@ -320,7 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_ERROR
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `tidegate` console command: the same as `python starter.py`."""
     code = main()
     # Exit without interpreter finalisation: the Temporal client's native threads may still call
     # into Python while it is being torn down, which can abort the process after the work is
@@ -328,3 +498,7 @@ if __name__ == "__main__":
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+if __name__ == "__main__":
+    console()

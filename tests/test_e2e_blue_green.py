@@ -7,6 +7,7 @@ the real activities, talking to the cluster through the official client over HTT
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -116,6 +117,15 @@ async def test_first_deployment_then_blue_green_switch(stack: Stack) -> None:
     assert status.phase == Phase.PROMOTED and status.active_version == "green"
     assert status.events[0].by == "ci-bot"
 
+    code, out, err = await stack.cli("list", "--app", "shop", "--json")
+    assert code == 0, err
+    assert [(row["image"], row["phase"]) for row in json.loads(out)] == [("shop:2.0", "Promoted"), ("shop:1.0", "Promoted")]
+
+    code, out, err = await stack.cli("undo", "shop", "--wait")  # back to the image promoted before
+    assert code == 0, out + err
+    assert "started deploy-default-shop (shop:1.0)" in out
+    assert stack.selector("shop") == "blue" and stack.image("shop-blue") == "shop:1.0"
+
 
 async def test_unhealthy_version_is_rolled_back_and_traffic_stays(stack: Stack) -> None:
     code, out, err = await stack.cli("start", stack.spec("cart", "cart:1.0"), "--wait")
@@ -125,6 +135,12 @@ async def test_unhealthy_version_is_rolled_back_and_traffic_stays(stack: Stack) 
     assert '"outcome":"rolledBack"' in out and "smoke test" in out
     assert stack.selector("cart") == "blue" and stack.image("cart-blue") == "cart:1.0"
     assert stack.image("cart-green") is None
+
+    code, out, err = await stack.cli("retry", "cart", "--wait")  # the same spec, run again
+    assert code == 3, out + err
+    assert "started deploy-default-cart (cart:2.0-unhealthy)" in out
+    code, _, err = await stack.cli("retry", "cart-nonexistent")
+    assert code == 2
 
 
 async def test_approval_second_start_refused_and_abort(stack: Stack) -> None:
