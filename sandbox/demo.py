@@ -130,7 +130,8 @@ def summary(sandbox: Sandbox, runs: list[Run]) -> None:
         assert result is not None
         took = (result.finished_at - result.started_at).total_seconds()
         rollback = breach_to_rollback(sandbox, result) if result.outcome.value == "rolledBack" else ""
-        print(f"{run.label:<10} {result.outcome.value:<11} {took:>5.0f}s  {rollback:>15}  {result.reason}")
+        reason = result.reason.split(" (bound ")[0]  # the check, its value and its bound
+        print(f"{run.label:<10} {result.outcome.value:<11} {took:>5.0f}s  {rollback:>15}  {reason}")
 
 
 async def wait_for_stop() -> None:
@@ -163,7 +164,7 @@ async def main(keep: bool) -> int:
                 first = [
                     Run("shop", "shop-canary.yaml", image="shop:1.0"),
                     Run("cart", "cart-canary-bad.yaml", image="cart:1.0"),
-                    Run("pay", "pay-blue-green.yaml", image="pay:1.0"),
+                    Run("pay", "pay-blue-green.yaml", image="pay:1.0", approve_as="demo-approver"),
                 ]
                 for run in first:
                     await deploy(client, run)
@@ -197,10 +198,19 @@ async def main(keep: bool) -> int:
         await env.shutdown()
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM as Ctrl-C, so that everything the demo started is stopped on the way out."""
+    raise KeyboardInterrupt
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, interrupt)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", action="store_true", help="leave everything running to explore the UI")
     arguments = parser.parse_args()
-    code = asyncio.run(main(arguments.keep))
+    try:
+        code = asyncio.run(main(arguments.keep))
+    except KeyboardInterrupt:
+        code = 130
     sys.stdout.flush()
     os._exit(code)
