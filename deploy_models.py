@@ -215,19 +215,26 @@ def render_query(template: str, **values: str) -> str:
 
 
 class RelativeBound(Model):
-    """The canary compared with the stable version over the same window.
+    """The canary (A/B: variant B) compared with stable (variant A) over the same window.
 
-    `maxIncrease`: canary ≤ stable + maxIncrease (absolute, e.g. 0.005 = half a point of error rate);
-    `maxRatio`: canary ≤ stable × maxRatio (e.g. 1.2 for latency).
+    For metrics where lower is better (errors, latency):
+    `maxIncrease`: canary ≤ stable + maxIncrease (absolute, e.g. 0.005 = half a point of error rate;
+    negative: the canary must be better by at least that much);
+    `maxRatio`: canary ≤ stable × maxRatio (e.g. 1.2 for latency; below 1: better by that factor).
+    For metrics where higher is better (conversions, revenue):
+    `minIncrease`: canary ≥ stable + minIncrease (negative: a tolerated drop);
+    `minRatio`: canary ≥ stable × minRatio (e.g. 1.05: at least 5% better).
     """
 
     max_increase: float | None = None
     max_ratio: float | None = Field(None, gt=0)
+    min_increase: float | None = None
+    min_ratio: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _one_bound(self) -> RelativeBound:
-        if self.max_increase is None and self.max_ratio is None:
-            raise ValueError("needs maxIncrease or maxRatio")
+        if all(getattr(self, name) is None for name in ("max_increase", "max_ratio", "min_increase", "min_ratio")):
+            raise ValueError("needs maxIncrease, maxRatio, minIncrease or minRatio")
         return self
 
 
@@ -409,14 +416,210 @@ class CanarySettings(Model):
         return value
 
 
+# ---------------------------------------------------------------------------------------------
+# A/B testing: a header or cookie route to variant B, judged against variant A
+
+
+class StringMatch(Model):
+    """Istio's StringMatch: exactly one of `exact`, `prefix`, `regex` (RE2, the whole value)."""
+
+    exact: str | None = None
+    prefix: str | None = None
+    regex: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> StringMatch:
+        chosen = [name for name in ("exact", "prefix", "regex") if getattr(self, name) is not None]
+        if len(chosen) != 1:
+            raise ValueError("must be exactly one of exact, prefix, regex")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as error:
+                raise ValueError(f"regex {self.regex!r} does not compile: {error}") from None
+        return self
+
+    def istio(self) -> dict[str, str]:
+        return self.model_dump(exclude_none=True)
+
+    def value_pattern(self) -> str:
+        """A regex matching the values this matches (for a cookie inside the `cookie` header)."""
+        if self.exact is not None:
+            return re.escape(self.exact)
+        if self.prefix is not None:
+            return re.escape(self.prefix) + "[^;]*"
+        return f"(?:{self.regex})"
+
+
+HEADER_NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+COOKIE_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class AbMatch(Model):
+    """One of Istio's HTTPMatchRequests: every header and the cookie must match (AND).
+
+    A list of them matches when any one does (OR). Istio has no cookie matcher of its own: a
+    cookie becomes a regex on the `cookie` header, so one match holds at most one cookie.
+    """
+
+    headers: dict[str, StringMatch] = Field(default_factory=dict)
+    cookies: dict[str, StringMatch] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, StringMatch]) -> dict[str, StringMatch]:
+        bad = sorted(name for name in headers if not HEADER_NAME.match(name))
+        if bad:
+            raise ValueError(f"header names must be lower-case letters, digits and '-' (Istio): {', '.join(bad)}")
+        return headers
+
+    @field_validator("cookies")
+    @classmethod
+    def _cookie_names(cls, cookies: dict[str, StringMatch]) -> dict[str, StringMatch]:
+        bad = sorted(name for name in cookies if not COOKIE_NAME.match(name))
+        if bad:
+            raise ValueError(f"not valid cookie names: {', '.join(bad)}")
+        if len(cookies) > 1:
+            raise ValueError(
+                "at most one cookie per match (Istio matches cookies through the one `cookie` header); "
+                "list several matches to match any of them"
+            )
+        return cookies
+
+    @model_validator(mode="after")
+    def _something(self) -> AbMatch:
+        if not self.headers and not self.cookies:
+            raise ValueError("needs headers or cookies")
+        if self.cookies and "cookie" in self.headers:
+            raise ValueError("cannot match both the `cookie` header and cookies")
+        return self
+
+    def istio(self) -> dict[str, Any]:
+        """This match as an Istio HTTPMatchRequest."""
+        headers = {name: match.istio() for name, match in self.headers.items()}
+        for name, match in self.cookies.items():
+            headers["cookie"] = {"regex": rf"^(.*;\s*)?{re.escape(name)}={match.value_pattern()}(;.*)?$"}
+        return {"headers": headers}
+
+
+def seed_match() -> list[AbMatch]:
+    """The seed's mechanism: requests with the header `canary: "true"` go to the new version."""
+    return [AbMatch(headers={"canary": StringMatch(exact="true")})]
+
+
+def _at_least_a_second(value: timedelta) -> timedelta:
+    if value < timedelta(seconds=1):
+        raise ValueError("must be at least 1s")
+    return value
+
+
+class AbTestSettings(Model):
+    """Variant A is `{app}-stable` (the stable subset), variant B `{app}-canary` (the canary subset).
+
+    Requests matching `match` go to B; `unmatchedWeight` percent of the others too (default 0).
+    The analysis measures both variants every interval for `duration`; B must stay within the
+    relative bounds of the checks. Then B is promoted, or with `pause` the run waits (for its
+    duration, or for approve/abort when it has none) while the figures of both are shown.
+    """
+
+    match: list[AbMatch] = Field(default_factory=seed_match, min_length=1)
+    unmatched_weight: int = Field(0, ge=0, le=99)
+    duration: Duration = timedelta(minutes=10)
+    pause: Pause | None = None
+    traffic_routing: TrafficRouting | None = None
+    smoke_test: SmokeTest | None = None
+    progress_deadline: Duration = timedelta(minutes=10)
+
+    @field_validator("duration", "progress_deadline")
+    @classmethod
+    def _long_enough(cls, value: timedelta) -> timedelta:
+        return _at_least_a_second(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rolling update and recreate: the app's own Deployment, changed in place
+
+INT_OR_PERCENT = re.compile(r"^(\d+)%?$")
+
+
+class InPlaceSettings(Model):
+    """What rolling and recreate share: the Deployment (default: the app's name) and container
+    (default: the only one, or the one named like the app) whose image changes, the checks after
+    the rollout, and an optional pause (`pause: {}`: wait for approval) before finishing."""
+
+    deployment: str | None = None
+    container: str | None = None
+    progress_deadline: Duration = timedelta(minutes=10)
+    smoke_test: SmokeTest | None = None
+    analysis_window: Duration = timedelta(minutes=10)
+    pause: Pause | None = None
+
+    @field_validator("deployment")
+    @classmethod
+    def _deployment(cls, value: str | None) -> str | None:
+        return None if value is None else _dns_label(value)
+
+    @field_validator("progress_deadline", "analysis_window")
+    @classmethod
+    def _long_enough(cls, value: timedelta) -> timedelta:
+        return _at_least_a_second(value)
+
+
+class RollingSettings(InPlaceSettings):
+    """`maxSurge` / `maxUnavailable`: a count or a percentage, Kubernetes' default 25% when unset."""
+
+    max_surge: int | str | None = None
+    max_unavailable: int | str | None = None
+
+    @field_validator("max_surge", "max_unavailable")
+    @classmethod
+    def _int_or_percent(cls, value: int | str | None) -> int | str | None:
+        if value is None or (isinstance(value, int) and value >= 0):
+            return value
+        if isinstance(value, str) and INT_OR_PERCENT.match(value):
+            return value if value.endswith("%") else int(value)
+        raise ValueError(f"{value!r} is not a count or a percentage (e.g. 1 or 25%)")
+
+    @model_validator(mode="after")
+    def _can_progress(self) -> RollingSettings:
+        if self.max_surge is not None and self.max_unavailable is not None:
+            if str(self.max_surge).rstrip("%") == "0" and str(self.max_unavailable).rstrip("%") == "0":
+                raise ValueError("maxSurge and maxUnavailable cannot both be 0 (the rollout could never progress)")
+        return self
+
+    def deployment_strategy(self) -> dict[str, Any]:
+        """The Deployment's `spec.strategy` for this update."""
+        return {
+            "type": "RollingUpdate",
+            "rollingUpdate": {
+                "maxSurge": "25%" if self.max_surge is None else self.max_surge,
+                "maxUnavailable": "25%" if self.max_unavailable is None else self.max_unavailable,
+            },
+        }
+
+
+class RecreateSettings(InPlaceSettings):
+    """Old pods all go, then the new ones start: the downtime between is measured and reported."""
+
+
 StrategyType = Literal["recreate", "rolling", "blueGreen", "canary", "abTest"]
-IMPLEMENTED_STRATEGIES: tuple[str, ...] = ("blueGreen", "canary")
+IMPLEMENTED_STRATEGIES: tuple[str, ...] = ("recreate", "rolling", "blueGreen", "canary", "abTest")
+STRATEGY_SETTINGS = {  # strategy.type → (the field of its settings, their model)
+    "blueGreen": ("blue_green", BlueGreenSettings),
+    "canary": ("canary", CanarySettings),
+    "abTest": ("ab_test", AbTestSettings),
+    "rolling": ("rolling", RollingSettings),
+    "recreate": ("recreate", RecreateSettings),
+}
 
 
 class Strategy(Model):
     type: StrategyType
     blue_green: BlueGreenSettings | None = None
     canary: CanarySettings | None = None
+    ab_test: AbTestSettings | None = None
+    rolling: RollingSettings | None = None
+    recreate: RecreateSettings | None = None
 
     @field_validator("type")
     @classmethod
@@ -429,14 +632,60 @@ class Strategy(Model):
 
     @model_validator(mode="after")
     def _settings_match_type(self) -> Strategy:
-        if self.type == "blueGreen" and self.blue_green is None:
-            self.blue_green = BlueGreenSettings()
-        if self.type == "canary" and self.canary is None:
-            self.canary = CanarySettings()
-        for field, name in (("blue_green", "blueGreen"), ("canary", "canary")):
+        for name, (field, settings) in STRATEGY_SETTINGS.items():
+            if name == self.type and getattr(self, field) is None:
+                setattr(self, field, settings())
             if getattr(self, field) is not None and name != self.type:
                 raise ValueError(f"strategy.{name} is set but strategy.type is {self.type!r}")
         return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Notifications: phase changes posted to webhooks (generic JSON or Slack's incoming webhooks)
+
+NOTIFY_EVENTS = ("started", "awaitingApproval", "promoted", "rolledBack", "aborted", "failed")
+NotifyEvent = Literal["started", "awaitingApproval", "promoted", "rolledBack", "aborted", "failed"]
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class SecretRef(Model):
+    """A value the worker reads from its environment, so that the history holds only the name."""
+
+    env: str
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        if not ENV_NAME.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+
+class Webhook(Model):
+    """Where phase changes are posted: `url`, or `urlFrom: {env: NAME}` when the URL is a secret
+    (a Slack webhook URL is one). `format`: `generic` JSON or `slack` (`{"text": ...}`)."""
+
+    url: str | None = None
+    url_from: SecretRef | None = None
+    format: Literal["generic", "slack"] = "generic"
+    events: list[NotifyEvent] = Field(default_factory=lambda: list(NOTIFY_EVENTS), min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Webhook:
+        if (self.url is None) == (self.url_from is None):
+            raise ValueError("set exactly one of url and urlFrom")
+        return self
+
+
+class Notifications(Model):
+    webhooks: list[Webhook] = Field(default_factory=list)
 
 
 class DeploymentSpec(Model):
@@ -449,6 +698,7 @@ class DeploymentSpec(Model):
     container_port: int = Field(8080, ge=1, le=65535)
     strategy: Strategy
     analysis: Analysis | None = None
+    notifications: Notifications | None = None
 
     @field_validator("app")
     @classmethod
@@ -493,6 +743,26 @@ class DeploymentSpec(Model):
                 )
         return self
 
+    @model_validator(mode="after")
+    def _analysis_fits_the_strategy(self) -> DeploymentSpec:
+        """A/B compares B with A, so it needs a relative check; rolling and recreate run one
+        version at a time, so they have nothing to compare with."""
+        checks = self.analysis.checks if self.analysis else []
+        if self.strategy.type == "abTest" and not any(check.relative for check in checks):
+            where = "analysis.checks" if self.analysis else "analysis"
+            raise ValueError(
+                f"{where}: an abTest compares variant B with variant A: it needs at least one check with "
+                "`relative` bounds (e.g. relative: {maxIncrease: 0} for an error rate)"
+            )
+        if self.strategy.type in ("rolling", "recreate"):
+            for index, check in enumerate(checks):
+                if check.relative is not None:
+                    raise ValueError(
+                        f"analysis.checks[{index}].relative: {self.strategy.type} runs one version at a time, "
+                        "so there is no stable version to compare with (use min/max)"
+                    )
+        return self
+
     @property
     def blue_green(self) -> BlueGreenSettings:
         assert self.strategy.blue_green is not None
@@ -508,9 +778,38 @@ class DeploymentSpec(Model):
         return self.strategy.canary
 
     @property
+    def ab_test(self) -> AbTestSettings:
+        assert self.strategy.ab_test is not None
+        return self.strategy.ab_test
+
+    @property
+    def rolling(self) -> RollingSettings:
+        assert self.strategy.rolling is not None
+        return self.strategy.rolling
+
+    @property
+    def recreate(self) -> RecreateSettings:
+        assert self.strategy.recreate is not None
+        return self.strategy.recreate
+
+    @property
+    def in_place(self) -> InPlaceSettings:
+        """The settings of a rolling or recreate run."""
+        settings = self.strategy.rolling or self.strategy.recreate
+        assert settings is not None
+        return settings
+
+    @property
+    def routed(self) -> CanarySettings | AbTestSettings:
+        """The settings of a strategy that moves traffic through Istio: canary or abTest."""
+        settings = self.strategy.canary or self.strategy.ab_test
+        assert settings is not None
+        return settings
+
+    @property
     def istio(self) -> IstioRouting:
-        """The canary's Istio objects; both default to the app's name, as in the seed."""
-        routing = self.canary.traffic_routing
+        """The canary's (or A/B test's) Istio objects; both default to the app's name, as in the seed."""
+        routing = self.routed.traffic_routing
         if routing is not None:
             return routing.istio
         return IstioRouting(
@@ -589,6 +888,8 @@ class Phase(StrEnum):
     AWAITING_APPROVAL = "AwaitingApproval"
     SWITCHING = "Switching"
     SHIFTING_TRAFFIC = "ShiftingTraffic"
+    SCALING_DOWN = "ScalingDown"
+    EXPERIMENTING = "Experimenting"
     OBSERVING = "Observing"
     ANALYSING = "Analysing"
     PROMOTING = "Promoting"
@@ -638,6 +939,19 @@ class DeploymentInput(Model):
     requested_by: str = "unknown"
 
 
+class Downtime(Model):
+    """Recreate's known cost: from the moment no old pod was left to the first new pod ready.
+
+    Both moments are observed by the polling activities (each is the time of the first poll that
+    saw it, so they are accurate to a poll interval, 1 s); they are reported, never decided on.
+    `endedAt` None: still down.
+    """
+
+    started_at: datetime
+    ended_at: datetime | None = None
+    seconds: float | None = None
+
+
 class DeploymentResult(Model):
     outcome: Outcome
     reason: str
@@ -651,6 +965,7 @@ class DeploymentResult(Model):
     finished_at: datetime
     previous_image: str | None = None  # what served before, so a later undo knows what to deploy
     failed_measurement: Measurement | None = None  # the measurement that ended the run
+    downtime: Downtime | None = None  # recreate: the time no pod served
     events: list[Event] = []
 
 
@@ -669,6 +984,7 @@ class DeploymentStatus(Model):
     weight: int | None = None  # the canary's share of traffic, in percent
     step: int | None = None  # index of the canary step being carried out
     last_measurement: Measurement | None = None
+    downtime: Downtime | None = None  # recreate: the time no pod served
     events: list[Event] = []
     result: DeploymentResult | None = None
 
@@ -834,3 +1150,104 @@ class ScaleRequest(Model):
     namespace: str
     name: str
     replicas: int = Field(ge=0)
+
+
+class MatchRoute(Model):
+    """The A/B route: requests matching `match` (Istio HTTPMatchRequests) go to the canary subset.
+
+    It is inserted first in the VirtualService's http routes and found again by its `name`.
+    """
+
+    target: IstioTarget
+    name: str
+    match: list[dict[str, Any]] = []
+
+    def istio(self) -> dict[str, Any]:
+        destination = {"host": self.target.host, "subset": self.target.canary_subset}
+        return {"name": self.name, "match": self.match, "route": [{"destination": destination, "weight": 100}]}
+
+
+class DeploymentTarget(Model):
+    """A Deployment changed in place, and its container whose image changes (None: guess)."""
+
+    namespace: str
+    name: str
+    app: str
+    container: str | None = None
+
+
+class DeploymentSnapshot(Model):
+    """What a Deployment was before tidegate changed it: restoring this undoes the run."""
+
+    namespace: str
+    name: str
+    resource_version: str
+    replicas: int
+    template: dict[str, Any]
+    strategy: dict[str, Any] | None = None
+    container: str
+    container_index: int
+    image: str
+    version: str | None = None  # the pod template's `version` label
+
+
+class DeploymentUpdate(Model):
+    """Change a Deployment recorded in `snapshot`: the container's image (None: keep), the
+    replicas (None: keep), the strategy (None: keep). Refused when the pod template is neither
+    the recorded one nor the one this update makes (someone else changed it)."""
+
+    snapshot: DeploymentSnapshot
+    image: str | None = None
+    replicas: int | None = Field(None, ge=0)
+    strategy: dict[str, Any] | None = None
+
+
+class DeploymentRestore(Model):
+    """Put a Deployment back as `snapshot` recorded it, if its template is the recorded one or
+    `applied_image` in the recorded one (what tidegate set); anything else is left alone."""
+
+    snapshot: DeploymentSnapshot
+    applied_image: str | None = None
+
+
+class RestoreOutcome(Model):
+    restored: bool
+    message: str
+
+
+class PodsWait(Model):
+    """Wait until a Deployment's pods are all `gone`, or its first new pod is ready (`firstReady`)."""
+
+    namespace: str
+    name: str
+    until: Literal["gone", "firstReady"]
+    deadline: datetime
+    poll_interval: Duration = timedelta(seconds=1)
+
+
+class PodsObserved(Model):
+    """When a poll first saw what was waited for (observed by the activity, reported only)."""
+
+    at: datetime
+    replicas: int
+    ready_replicas: int
+    message: str
+
+
+class Notification(Model):
+    """A phase change to announce (the `notify` activity's input). `key` is the same for every
+    attempt, so a receiver can drop a duplicate; the worker adds its own webhooks to these."""
+
+    key: str
+    event: NotifyEvent
+    app: str
+    namespace: str
+    strategy: str
+    image: str
+    phase: Phase
+    message: str
+    by: str | None = None
+    workflow_id: str
+    run_id: str
+    at: datetime
+    webhooks: list[Webhook] = []

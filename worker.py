@@ -1,10 +1,15 @@
 """The tidegate worker: runs every strategy's workflow and the activities they need.
 
     python worker.py [--kubeconfig FILE] [--context NAME] [--in-cluster] [--task-queue NAME]
+                     [--metrics-port PORT] [--notify-url URL ...] [--notify-format generic|slack]
 
 Temporal is reached through the standard environment (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 TEMPORAL_API_KEY, TLS settings or a config profile); the cluster through a kubeconfig
 (KUBECONFIG or --kubeconfig) or, inside a cluster, the pod's service account.
+
+With --metrics-port (TIDEGATE_METRICS_PORT) the worker serves Prometheus metrics at /metrics: the
+Temporal SDK's and tidegate's own (tidegate_*). --notify-url (TIDEGATE_NOTIFY_URL, comma-separated)
+adds webhooks that every deployment's phase changes are posted to, besides the spec's own.
 """
 
 from __future__ import annotations
@@ -21,19 +26,35 @@ from kubernetes.aio import config as kube_config
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.envconfig import ClientConfig
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.kubernetes import KubernetesActivities
 from activities.metrics import measure
+from activities.notify import Notifier, worker_webhooks
 from activities.smoke import smoke_test
+from deploy_models import NOTIFY_EVENTS
 from workflows import TASK_QUEUE, WORKFLOWS
+from workflows.telemetry import BUCKETS
 
 
-async def connect_temporal() -> Client:
+async def connect_temporal(runtime: Runtime | None = None) -> Client:
     """A client configured from the standard TEMPORAL_* environment, with pydantic payloads."""
     settings = ClientConfig.load_client_connect_config()
     settings.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**settings, data_converter=pydantic_data_converter)
+    return await Client.connect(**settings, data_converter=pydantic_data_converter, runtime=runtime)
+
+
+def metrics_runtime(host: str, port: int) -> Runtime:
+    """A Temporal runtime serving Prometheus metrics at http://host:port/metrics: the SDK's
+    and tidegate's (recorded by workflows through their replay-safe metric meter)."""
+    prometheus = PrometheusConfig(
+        bind_address=f"{host}:{port}",
+        counters_total_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides=BUCKETS,
+    )
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
 
 
 async def kubernetes_api(
@@ -49,17 +70,23 @@ async def kubernetes_api(
     return kube_client.ApiClient(configuration)
 
 
-def activities_for(api: kube_client.ApiClient) -> list[Any]:
-    return [*KubernetesActivities(api).all(), smoke_test, measure]
+def activities_for(api: kube_client.ApiClient, notifier: Notifier | None = None) -> list[Any]:
+    return [*KubernetesActivities(api).all(), smoke_test, measure, (notifier or Notifier()).notify]
 
 
-def build_worker(temporal: Client, api: kube_client.ApiClient, task_queue: str = TASK_QUEUE) -> Worker:
+def build_worker(
+    temporal: Client, api: kube_client.ApiClient, task_queue: str = TASK_QUEUE, notifier: Notifier | None = None
+) -> Worker:
     return Worker(
         temporal,
         task_queue=task_queue,
         workflows=list(WORKFLOWS.values()),
-        activities=activities_for(api),
+        activities=activities_for(api, notifier),
     )
+
+
+def split(value: str | None) -> list[str]:
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
 
 
 async def main(argv: Sequence[str] | None = None) -> None:
@@ -68,11 +95,27 @@ async def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--context", default=None)
     parser.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
     parser.add_argument("--task-queue", default=os.environ.get("TIDEGATE_TASK_QUEUE", TASK_QUEUE))
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("TIDEGATE_METRICS_PORT") or 0),
+                        help="serve Prometheus metrics on this port (0: off)")
+    parser.add_argument("--metrics-host", default=os.environ.get("TIDEGATE_METRICS_HOST", "0.0.0.0"))
+    parser.add_argument("--notify-url", action="append", default=split(os.environ.get("TIDEGATE_NOTIFY_URL")),
+                        help="a webhook every deployment notifies (repeatable)")
+    parser.add_argument("--notify-format", choices=("generic", "slack"),
+                        default=os.environ.get("TIDEGATE_NOTIFY_FORMAT") or "generic")
+    parser.add_argument("--notify-events", type=split, default=split(os.environ.get("TIDEGATE_NOTIFY_EVENTS")),
+                        help=f"comma-separated, of {', '.join(NOTIFY_EVENTS)} (default: all)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    temporal = await connect_temporal()
+    runtime = metrics_runtime(args.metrics_host, args.metrics_port) if args.metrics_port else None
+    temporal = await connect_temporal(runtime)
+    notifier = Notifier(
+        worker_webhooks(args.notify_url, args.notify_format, args.notify_events),
+        ui_url=os.environ.get("TEMPORAL_UI_URL"),
+    )
     async with await kubernetes_api(args.kubeconfig, args.context, args.in_cluster) as api:
-        worker = build_worker(temporal, api, args.task_queue)
+        worker = build_worker(temporal, api, args.task_queue, notifier)
+        if args.metrics_port:
+            logging.info("metrics at http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         logging.info("tidegate worker polling task queue %r", args.task_queue)
         await worker.run()
 

@@ -9,6 +9,7 @@ the workflow expects (someone else's edit is reported, never overwritten).
 from __future__ import annotations
 
 import asyncio
+import copy
 from datetime import datetime, timezone
 from typing import Any
 
@@ -18,8 +19,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from deploy_models import (
+    DeploymentRestore,
+    DeploymentSnapshot,
+    DeploymentTarget,
+    DeploymentUpdate,
     IstioTarget,
+    MatchRoute,
     ObjectRef,
+    PodsObserved,
+    PodsWait,
+    RestoreOutcome,
     RolloutState,
     RolloutWait,
     ScaleRequest,
@@ -110,6 +119,68 @@ def rollout_progress(deployment: dict[str, Any]) -> tuple[bool, str, bool]:
     if available < updated:
         return False, f"{available} of {updated} updated replicas available", False
     return True, f"{available} of {wanted} replicas available", False
+
+
+def pods_progress(deployment: dict[str, Any], until: str) -> tuple[bool, str, bool]:
+    """(done, what it is waiting for, deadline exceeded) of waiting for the pods to be `gone`
+    or for the `firstReady` pod of the Deployment's current template."""
+    generation = deployment.get("metadata", {}).get("generation", 0)
+    status = deployment.get("status") or {}
+    if status.get("observedGeneration", 0) < generation:
+        return False, "waiting for the controller to observe the new spec", False
+    replicas, ready = status.get("replicas", 0), status.get("readyReplicas", 0)
+    if until == "gone":
+        return replicas == 0, f"{replicas} pod(s) left", False
+    exceeded = any(
+        c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded"
+        for c in status.get("conditions") or []
+    )
+    return status.get("updatedReplicas", 0) > 0 and ready > 0, f"{ready} of {replicas} pod(s) ready", exceeded
+
+
+def with_image(template: dict[str, Any], index: int, image: str) -> dict[str, Any]:
+    """A copy of a pod template whose container `index` runs `image`."""
+    changed = copy.deepcopy(template)
+    changed["spec"]["containers"][index]["image"] = image
+    return changed
+
+
+def pick_container(target: DeploymentTarget, containers: list[dict[str, Any]]) -> int:
+    """The container whose image changes: the one named, else the only one, else the app's."""
+    names = [str(c.get("name")) for c in containers]
+    where = f"Deployment {target.namespace}/{target.name}"
+    if target.container is not None:
+        if target.container in names:
+            return names.index(target.container)
+        problem = f"{where} has no container {target.container!r} (it has: {', '.join(names) or 'none'})"
+    elif len(names) == 1:
+        return 0
+    elif target.app in names:
+        return names.index(target.app)
+    else:
+        problem = f"{where} has containers {', '.join(names) or 'none'}: name the one to update in the strategy's `container`"
+    raise ApplicationError(problem, type="KubernetesRejected", non_retryable=True)
+
+
+def deployment_changes(
+    spec: dict[str, Any],
+    template: dict[str, Any],
+    replicas: int | None,
+    strategy: dict[str, Any] | None,
+    remove_strategy: bool = False,
+) -> list[dict[str, Any]]:
+    """The JSON Patch operations that give a Deployment's `spec` this template, these replicas and
+    this strategy (None: keep; with `remove_strategy`, None removes it). Empty: nothing to do."""
+    changes: list[dict[str, Any]] = []
+    if spec.get("template") != template:
+        changes.append({"op": "replace", "path": "/spec/template", "value": template})
+    if replicas is not None and spec.get("replicas", 1) != replicas:
+        changes.append({"op": "add", "path": "/spec/replicas", "value": replicas})
+    if strategy is not None and spec.get("strategy") != strategy:
+        changes.append({"op": "add", "path": "/spec/strategy", "value": strategy})
+    elif strategy is None and remove_strategy and "strategy" in spec:
+        changes.append({"op": "remove", "path": "/spec/strategy"})
+    return changes
 
 
 def destination_rule_manifest(target: IstioTarget) -> dict[str, Any]:
@@ -238,39 +309,59 @@ class KubernetesActivities:
         except ApiException as error:
             raise api_error(error, f"apply Deployment {workload.namespace}/{workload.name}") from None
 
-    @activity.defn(name="wait_for_rollout")
-    async def wait_for_rollout(self, wait: RolloutWait) -> RolloutState:
-        """Poll until the rollout completes; heartbeats so a lost worker is noticed in seconds."""
+    async def _poll(
+        self, wait: RolloutWait | PodsWait, what: str, progress: Any
+    ) -> tuple[dict[str, Any], str]:
+        """Read the Deployment every poll interval until `progress(it)` says (done, message,
+        failed) done; heartbeats so a lost worker is noticed in seconds. Fails at the deadline."""
         ref = ObjectRef(namespace=wait.namespace, name=wait.name)
         while True:
             found = await self._read(self.apps.read_namespaced_deployment, ref)
             if found is None:
                 raise ApplicationError(
-                    f"Deployment {wait.namespace}/{wait.name} disappeared during its rollout",
+                    f"Deployment {wait.namespace}/{wait.name} disappeared while waiting for it to {what}",
                     type="RolloutFailed",
                     non_retryable=True,
                 )
-            complete, message, exceeded = rollout_progress(found)
-            status = found.get("status") or {}
-            state = RolloutState(
-                replicas=status.get("replicas", 0),
-                updated_replicas=status.get("updatedReplicas", 0),
-                ready_replicas=status.get("readyReplicas", 0),
-                available_replicas=status.get("availableReplicas", 0),
-                complete=complete,
-                message=message,
-            )
-            activity.heartbeat(state.model_dump(mode="json"))
-            if complete:
-                return state
-            if exceeded or datetime.now(timezone.utc) >= wait.deadline:
+            done, message, failed = progress(found)
+            activity.heartbeat({"message": message, **(found.get("status") or {})})
+            if done:
+                return found, message
+            if failed or datetime.now(timezone.utc) >= wait.deadline:
                 raise ApplicationError(
-                    f"Deployment {wait.namespace}/{wait.name} did not become ready by its progress "
-                    f"deadline: {message}",
+                    f"Deployment {wait.namespace}/{wait.name} did not {what} by its progress deadline: {message}",
                     type="RolloutFailed",
                     non_retryable=True,
                 )
             await asyncio.sleep(wait.poll_interval.total_seconds())
+
+    @activity.defn(name="wait_for_rollout")
+    async def wait_for_rollout(self, wait: RolloutWait) -> RolloutState:
+        """Poll until the rollout completes (kubectl's `rollout status` rule)."""
+        found, message = await self._poll(wait, "become ready", rollout_progress)
+        status = found.get("status") or {}
+        return RolloutState(
+            replicas=status.get("replicas", 0),
+            updated_replicas=status.get("updatedReplicas", 0),
+            ready_replicas=status.get("readyReplicas", 0),
+            available_replicas=status.get("availableReplicas", 0),
+            complete=True,
+            message=message,
+        )
+
+    @activity.defn(name="wait_for_pods")
+    async def wait_for_pods(self, wait: PodsWait) -> PodsObserved:
+        """Poll until no pod is left (`gone`) or the first pod of the current template is ready
+        (`firstReady`); return when a poll first saw it: an observed time, for reporting."""
+        what = "scale down to 0" if wait.until == "gone" else "get a first ready pod"
+        found, message = await self._poll(wait, what, lambda deployment: pods_progress(deployment, wait.until))
+        status = found.get("status") or {}
+        return PodsObserved(
+            at=datetime.now(timezone.utc),
+            replicas=status.get("replicas", 0),
+            ready_replicas=status.get("readyReplicas", 0),
+            message=message,
+        )
 
     @activity.defn(name="switch_service")
     async def switch_service(self, switch: ServiceSwitch) -> None:
@@ -448,6 +539,17 @@ class KubernetesActivities:
             {"op": "test", "path": "/metadata/resourceVersion", "value": service["metadata"]["resourceVersion"]},
             {"op": "replace", "path": f"/spec/http/{index}/route", "value": weighted_route(route, target, change.weight)},
         ]
+        await self._patch_virtual_service(target, patch, f"set {where} canary weight to {change.weight}")
+        after = await self._read_istio("virtualservices", target.namespace, target.virtual_service)
+        weights = route_weights(find_route(after or {}, target)[1], target) if after else None
+        if weights != (100 - change.weight, change.weight):
+            raise ApplicationError(
+                f"{where} reads back {weights} after setting canary weight {change.weight}", type="KubernetesTransient"
+            )
+        return change.weight
+
+    async def _patch_virtual_service(self, target: IstioTarget, patch: list[dict[str, Any]], action: str) -> None:
+        """A guarded JSON Patch: a failed `test` (422) means it changed meanwhile; the retry re-reads."""
         try:
             await self.custom.patch_namespaced_custom_object(
                 group=ISTIO_GROUP,
@@ -459,14 +561,137 @@ class KubernetesActivities:
                 _content_type=JSON_PATCH,
             )
         except ApiException as error:
-            raise api_error(error, f"set {where} canary weight to {change.weight}", TRANSIENT_STATUSES | {422}) from None
-        after = await self._read_istio("virtualservices", target.namespace, target.virtual_service)
-        weights = route_weights(find_route(after or {}, target)[1], target) if after else None
-        if weights != (100 - change.weight, change.weight):
-            raise ApplicationError(
-                f"{where} reads back {weights} after setting canary weight {change.weight}", type="KubernetesTransient"
+            raise api_error(error, action, TRANSIENT_STATUSES | {422}) from None
+
+    async def _match_route_index(self, route: MatchRoute) -> tuple[dict[str, Any] | None, int | None]:
+        """The VirtualService (None: missing) and the index of the route named `route.name`."""
+        target = route.target
+        service = await self._read_istio("virtualservices", target.namespace, target.virtual_service)
+        routes = (service or {}).get("spec", {}).get("http") or []
+        index = next((i for i, r in enumerate(routes) if r.get("name") == route.name), None)
+        return service, index
+
+    @activity.defn(name="add_match_route")
+    async def add_match_route(self, route: MatchRoute) -> None:
+        """Insert the A/B route first among the http routes (or make it what it should be)."""
+        target = route.target
+        where = f"VirtualService {target.namespace}/{target.virtual_service}"
+        service, index = await self._match_route_index(route)
+        if service is None:
+            raise ApplicationError(f"{where} does not exist", type="KubernetesRejected", non_retryable=True)
+        wanted = route.istio()
+        guard = {"op": "test", "path": "/metadata/resourceVersion", "value": service["metadata"]["resourceVersion"]}
+        if index is not None:
+            if service["spec"]["http"][index] == wanted:
+                return  # already there (a retry after success)
+            change = {"op": "replace", "path": f"/spec/http/{index}", "value": wanted}
+        elif service.get("spec", {}).get("http"):
+            change = {"op": "add", "path": "/spec/http/0", "value": wanted}
+        else:
+            change = {"op": "add", "path": "/spec/http", "value": [wanted]}
+        await self._patch_virtual_service(target, [guard, change], f"add route {route.name} to {where}")
+
+    @activity.defn(name="remove_match_route")
+    async def remove_match_route(self, route: MatchRoute) -> bool:
+        """Remove exactly the A/B route (found by name); everything else stays. False: not there."""
+        target = route.target
+        service, index = await self._match_route_index(route)
+        if service is None or index is None:
+            return False  # already removed (a retry after success), or never added
+        patch = [
+            {"op": "test", "path": "/metadata/resourceVersion", "value": service["metadata"]["resourceVersion"]},
+            {"op": "test", "path": f"/spec/http/{index}/name", "value": route.name},
+            {"op": "remove", "path": f"/spec/http/{index}"},
+        ]
+        where = f"VirtualService {target.namespace}/{target.virtual_service}"
+        await self._patch_virtual_service(target, patch, f"remove route {route.name} from {where}")
+        return True
+
+    @activity.defn(name="read_deployment")
+    async def read_deployment(self, target: DeploymentTarget) -> DeploymentSnapshot | None:
+        """Record a Deployment as it is (None when it does not exist), to change and restore it."""
+        found = await self._read(self.apps.read_namespaced_deployment, ObjectRef(namespace=target.namespace, name=target.name))
+        if found is None:
+            return None
+        spec = found.get("spec", {})
+        template = spec.get("template") or {}
+        index = pick_container(target, (template.get("spec") or {}).get("containers") or [])
+        container = template["spec"]["containers"][index]
+        return DeploymentSnapshot(
+            namespace=target.namespace,
+            name=target.name,
+            resource_version=found["metadata"]["resourceVersion"],
+            replicas=spec.get("replicas", 1),
+            template=template,
+            strategy=spec.get("strategy"),
+            container=container.get("name", ""),
+            container_index=index,
+            image=container.get("image", ""),
+            version=((template.get("metadata") or {}).get("labels") or {}).get("version"),
+        )
+
+    async def _patch_deployment(self, snapshot: DeploymentSnapshot, patch: list[dict[str, Any]], action: str) -> None:
+        try:
+            await self.apps.patch_namespaced_deployment(
+                name=snapshot.name, namespace=snapshot.namespace, body=patch, _content_type=JSON_PATCH
             )
-        return change.weight
+        except ApiException as error:
+            raise api_error(error, action, TRANSIENT_STATUSES | {422}) from None
+
+    @activity.defn(name="update_deployment")
+    async def update_deployment(self, update: DeploymentUpdate) -> None:
+        """Change a recorded Deployment's image, replicas and strategy in one guarded JSON Patch.
+
+        The pod template must still be the recorded one (or already the updated one: a retry
+        after success); someone else's change is reported, never overwritten.
+        """
+        snapshot = update.snapshot
+        where = f"Deployment {snapshot.namespace}/{snapshot.name}"
+        found = await self._read(self.apps.read_namespaced_deployment, ObjectRef(namespace=snapshot.namespace, name=snapshot.name))
+        if found is None:
+            raise ApplicationError(f"{where} no longer exists", type="KubernetesRejected", non_retryable=True)
+        spec = found.get("spec", {})
+        wanted = snapshot.template if update.image is None else with_image(snapshot.template, snapshot.container_index, update.image)
+        if spec.get("template") not in (snapshot.template, wanted):
+            raise ApplicationError(
+                f"{where}: its pod template changed since tidegate recorded it (resourceVersion "
+                f"{snapshot.resource_version}); someone else changed it, so tidegate does not overwrite it",
+                type="ConcurrentEdit",
+                non_retryable=True,
+            )
+        patch = deployment_changes(spec, wanted, update.replicas, update.strategy)
+        if patch:
+            guard = {"op": "test", "path": "/metadata/resourceVersion", "value": found["metadata"]["resourceVersion"]}
+            await self._patch_deployment(snapshot, [guard, *patch], f"update {where}")
+
+    @activity.defn(name="restore_deployment")
+    async def restore_deployment(self, restore: DeploymentRestore) -> RestoreOutcome:
+        """Put back the recorded pod template, replicas and strategy (a guarded JSON Patch).
+
+        Only over what tidegate left there: a template someone else changed meanwhile is left as
+        it is, and the outcome says so.
+        """
+        snapshot = restore.snapshot
+        where = f"Deployment {snapshot.namespace}/{snapshot.name}"
+        found = await self._read(self.apps.read_namespaced_deployment, ObjectRef(namespace=snapshot.namespace, name=snapshot.name))
+        if found is None:
+            return RestoreOutcome(restored=False, message=f"{where} was deleted meanwhile: nothing to restore")
+        spec = found.get("spec", {})
+        ours = [snapshot.template]
+        if restore.applied_image is not None:
+            ours.append(with_image(snapshot.template, snapshot.container_index, restore.applied_image))
+        if spec.get("template") not in ours:
+            return RestoreOutcome(
+                restored=False,
+                message=f"{where}: its pod template was changed by someone else meanwhile; tidegate left it as it is",
+            )
+        patch = deployment_changes(spec, snapshot.template, snapshot.replicas, snapshot.strategy, remove_strategy=True)
+        if not patch:
+            return RestoreOutcome(restored=True, message=f"{where} is as recorded")
+        guard = {"op": "test", "path": "/metadata/resourceVersion", "value": found["metadata"]["resourceVersion"]}
+        await self._patch_deployment(snapshot, [guard, *patch], f"restore {where}")
+        restored = ", ".join(change["path"].removeprefix("/spec/") for change in patch)
+        return RestoreOutcome(restored=True, message=f"{where}: {restored} restored as recorded")
 
     def all(self) -> list[Any]:
         """Every activity of this class, for registering with a worker."""
@@ -481,4 +706,10 @@ class KubernetesActivities:
             self.read_deployment_image,
             self.ensure_routing,
             self.set_canary_weight,
+            self.add_match_route,
+            self.remove_match_route,
+            self.read_deployment,
+            self.update_deployment,
+            self.restore_deployment,
+            self.wait_for_pods,
         ]

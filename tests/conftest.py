@@ -67,13 +67,17 @@ async def eventually(check: Callable[[], Awaitable[T | None]], what: str = "cond
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
-def worker_for_test(env: WorkflowEnvironment, task_queue: str, workflows: list[type], activities: list[Any]) -> Worker:
+def worker_for_test(
+    env: WorkflowEnvironment, task_queue: str, workflows: list[type], activities: list[Any], **options: Any
+) -> Worker:
     """A worker for workflow tests: a bug in workflow code fails the run at once (instead of
-    retrying the workflow task forever, as production rightly does), so a test fails, not hangs."""
+    retrying the workflow task forever, as production rightly does), so a test fails, not hangs.
+    `options` go to the Worker."""
     return Worker(
         env.client,
         task_queue=task_queue,
         workflows=workflows,
         activities=activities,
         workflow_failure_exception_types=[Exception],
+        **options,
     )

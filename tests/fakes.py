@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from deploy_models import (
+    DeploymentRestore,
+    DeploymentSnapshot,
+    DeploymentTarget,
+    DeploymentUpdate,
+    MatchRoute,
+    PodsObserved,
+    PodsWait,
+    RestoreOutcome,
     IstioTarget,
     MeasureRequest,
     MetricValue,
+    Notification,
     ObjectRef,
     ScaleRequest,
     ServiceSpec,
@@ -58,7 +68,8 @@ class FakeCluster:
 
     @activity.defn(name="wait_for_rollout")
     async def wait_for_rollout(self, wait: RolloutWait) -> RolloutState:
-        if wait.name in self.never_ready:
+        await self._hang(wait.name)
+        if wait.name in self.never_ready or self.deployments.get(wait.name) in self.never_ready:
             self.actions.append(f"rollout failed {wait.name}")
             raise ApplicationError(
                 f"Deployment {wait.namespace}/{wait.name} did not become ready by its progress deadline",
@@ -137,8 +148,124 @@ class FakeCluster:
                 values.append(MetricValue(name=query.name, query=query.query, value=value))
         return values
 
+    # -- rolling, recreate and A/B (never_ready above may also name an image) ------------------
+
+    # images whose pods wait (heartbeating) until cancelled: run the worker with a short
+    # max_heartbeat_throttle_interval so that the cancellation arrives at once
+    hanging: set[str] = field(default_factory=set)
+    hung: int = 0  # how many activities are hanging now
+    edited_by_others: set[str] = field(default_factory=set)  # Deployments someone else changed
+    strategies: dict[str, Any] = field(default_factory=dict)
+    gone_after: timedelta = timedelta(seconds=2)  # how long after the poll starts the last pod is gone
+    ready_after: timedelta = timedelta(seconds=3)  # how long after the poll starts the first pod is ready
+    routes: list[str] = field(default_factory=list)  # the VirtualService's http routes, by name
+
+    async def _hang(self, name: str) -> None:
+        """Pods of a `hanging` image: wait (heartbeating) until the workflow cancels the wait."""
+        if self.deployments.get(name) in self.hanging:
+            self.hung += 1
+            try:
+                while True:
+                    activity.heartbeat()
+                    await asyncio.sleep(0.05)
+            finally:
+                self.hung -= 1
+
+    @activity.defn(name="read_deployment")
+    async def read_deployment(self, target: DeploymentTarget) -> DeploymentSnapshot | None:
+        image = self.deployments.get(target.name)
+        if image is None:
+            return None
+        labels = {"app": target.app, "version": "v1"}
+        return DeploymentSnapshot(
+            namespace=target.namespace,
+            name=target.name,
+            resource_version=str(len(self.actions)),
+            replicas=self.replicas.get(target.name, 1),
+            template={"metadata": {"labels": labels}, "spec": {"containers": [{"name": target.app, "image": image}]}},
+            strategy=self.strategies.get(target.name),
+            container=target.app,
+            container_index=0,
+            image=image,
+            version="v1",
+        )
+
+    @activity.defn(name="update_deployment")
+    async def update_deployment(self, update: DeploymentUpdate) -> None:
+        name = update.snapshot.name
+        if name in self.edited_by_others:
+            raise ApplicationError(f"Deployment {name}: someone else changed it", type="ConcurrentEdit", non_retryable=True)
+        self.actions.append(f"update {name} image={update.image} replicas={update.replicas}")
+        if update.image is not None:
+            self.deployments[name] = update.image
+        if update.replicas is not None:
+            self.replicas[name] = update.replicas
+        if update.strategy is not None:
+            self.strategies[name] = update.strategy
+
+    @activity.defn(name="restore_deployment")
+    async def restore_deployment(self, restore: DeploymentRestore) -> RestoreOutcome:
+        snapshot = restore.snapshot
+        if snapshot.name in self.edited_by_others:
+            return RestoreOutcome(restored=False, message=f"{snapshot.name} was changed by someone else; left as it is")
+        self.actions.append(f"restore {snapshot.name} {snapshot.image} replicas={snapshot.replicas}")
+        self.deployments[snapshot.name] = snapshot.image
+        self.replicas[snapshot.name] = snapshot.replicas
+        self.strategies[snapshot.name] = snapshot.strategy
+        return RestoreOutcome(restored=True, message=f"{snapshot.name} restored as recorded")
+
+    @activity.defn(name="wait_for_pods")
+    async def wait_for_pods(self, wait: PodsWait) -> PodsObserved:
+        started = activity.info().current_attempt_scheduled_time
+        if wait.until == "gone":
+            self.actions.append(f"gone {wait.name}")
+            return PodsObserved(at=started + self.gone_after, replicas=0, ready_replicas=0, message="0 pod(s) left")
+        await self._hang(wait.name)
+        if self.deployments.get(wait.name) in self.never_ready:
+            self.actions.append(f"never ready {wait.name}")
+            raise ApplicationError(
+                f"Deployment {wait.namespace}/{wait.name} did not get a first ready pod by its progress deadline",
+                type="RolloutFailed",
+                non_retryable=True,
+            )
+        self.actions.append(f"first ready {wait.name} {self.deployments.get(wait.name)}")
+        return PodsObserved(at=started + self.ready_after, replicas=3, ready_replicas=1, message="1 of 3 pod(s) ready")
+
+    @activity.defn(name="add_match_route")
+    async def add_match_route(self, route: MatchRoute) -> None:
+        self.actions.append(f"add route {route.name}")
+        if route.name not in self.routes:
+            self.routes.insert(0, route.name)
+
+    @activity.defn(name="remove_match_route")
+    async def remove_match_route(self, route: MatchRoute) -> bool:
+        self.actions.append(f"remove route {route.name}")
+        if route.name not in self.routes:
+            return False
+        self.routes.remove(route.name)
+        return True
+
+    # -- notifications -----------------------------------------------------------------------
+
+    notifications: list[Notification] = field(default_factory=list)  # every attempt, in order
+    notify_fails: bool = False  # every notify attempt fails (a webhook that is down)
+
+    @activity.defn(name="notify")
+    async def notify(self, notification: Notification) -> list[str]:
+        self.notifications.append(notification)
+        if self.notify_fails:
+            raise ApplicationError("webhook answered 503", type="NotificationFailed")
+        return [f"{hook.format} webhook" for hook in notification.webhooks]
+
     def activities(self) -> list[Any]:
         return [
+            self.notify,
+            self.read_deployment,
+            self.update_deployment,
+            self.restore_deployment,
+            self.wait_for_pods,
+            self.add_match_route,
+            self.remove_match_route,
             self.ensure_service,
             self.scale_deployment,
             self.read_deployment_image,

@@ -53,7 +53,77 @@ def test_durations(text: str, seconds: float) -> None:
         (spec(replicas=0), "replicas: Input should be greater than or equal to 1"),
         (spec(containerPort=70000), "containerPort: Input should be less than or equal to 65535"),
         (spec(namespace="Prod"), "namespace: 'Prod' is not a DNS-1123 label"),
-        (spec(strategy={"type": "rolling"}), "strategy.type: 'rolling' is not implemented yet"),
+        (
+            spec(strategy={"type": "rolling", "canary": {}}),
+            "strategy: strategy.canary is set but strategy.type is 'rolling'",
+        ),
+        (
+            spec(strategy={"type": "rolling", "rolling": {"maxSurge": "a lot"}}),
+            "strategy.rolling.maxSurge: 'a lot' is not a count or a percentage",
+        ),
+        (
+            spec(strategy={"type": "rolling", "rolling": {"maxSurge": 0, "maxUnavailable": "0%"}}),
+            "strategy.rolling: maxSurge and maxUnavailable cannot both be 0",
+        ),
+        (
+            spec(strategy={"type": "rolling", "rolling": {"deployment": "My_App"}}),
+            "strategy.rolling.deployment: 'My_App' is not a DNS-1123 label",
+        ),
+        (
+            spec(strategy={"type": "recreate", "recreate": {"progressDeadline": "0s"}}),
+            "strategy.recreate.progressDeadline: must be at least 1s",
+        ),
+        (
+            spec(strategy={"type": "recreate", "recreate": {"replicas": 2}}),
+            "strategy.recreate.replicas: is not a known field",
+        ),
+        (spec(strategy={"type": "abTest"}), "(spec): analysis: an abTest compares variant B with variant A"),
+        (
+            spec(strategy={"type": "abTest"}, analysis={"prometheus": {"url": "http://p:9090"}}),
+            "(spec): analysis.checks: an abTest compares variant B with variant A",
+        ),
+        (
+            spec(strategy={"type": "abTest", "abTest": {"match": [{"headers": {"Canary": {"exact": "true"}}}]}}),
+            "strategy.abTest.match[0].headers: header names must be lower-case",
+        ),
+        (
+            spec(strategy={"type": "abTest", "abTest": {"match": [{"headers": {"canary": {"exact": "a", "prefix": "b"}}}]}}),
+            "strategy.abTest.match[0].headers.canary: must be exactly one of exact, prefix, regex",
+        ),
+        (
+            spec(strategy={"type": "abTest", "abTest": {"match": [{"cookies": {"a": {"exact": "1"}, "b": {"exact": "2"}}}]}}),
+            "strategy.abTest.match[0].cookies: at most one cookie per match",
+        ),
+        (
+            spec(strategy={"type": "abTest", "abTest": {"match": [{"cookies": {"user": {"regex": "("}}}]}}),
+            "strategy.abTest.match[0].cookies.user: regex '(' does not compile",
+        ),
+        (
+            spec(strategy={"type": "abTest", "abTest": {"match": [{}]}}),
+            "strategy.abTest.match[0]: needs headers or cookies",
+        ),
+        (
+            spec(strategy={"type": "abTest", "abTest": {"unmatchedWeight": 100}}),
+            "strategy.abTest.unmatchedWeight: Input should be less than or equal to 99",
+        ),
+        (
+            spec(strategy={"type": "abTest", "abTest": {"duration": "forever"}}),
+            "strategy.abTest.duration: 'forever' is not a duration",
+        ),
+        (
+            spec(
+                strategy={"type": "rolling"},
+                analysis={"prometheus": {"url": "http://p:9090"}, "checks": [{"name": "e", "query": "q", "relative": {"maxRatio": 2}}]},
+            ),
+            "(spec): analysis.checks[0].relative: rolling runs one version at a time",
+        ),
+        (
+            spec(
+                strategy={"type": "abTest"},
+                analysis={"prometheus": {"url": "http://p:9090"}, "checks": [{"name": "e", "query": "q", "relative": {}}]},
+            ),
+            "analysis.checks[0].relative: needs maxIncrease, maxRatio, minIncrease or minRatio",
+        ),
         (spec(strategy={"type": "fast"}), "strategy.type: 'fast' is not one of the choices"),
         (spec(strategy={}), "strategy.type: is required"),
         (spec(replica=3), "replica: is not a known field"),
@@ -91,3 +161,50 @@ def test_spec_round_trips_through_json() -> None:
         spec(strategy={"type": "blueGreen", "blueGreen": {"approval": {"timeout": "1h"}, "scaleDownDelay": "90s"}})
     )
     assert DeploymentSpec.model_validate_json(parsed.model_dump_json()) == parsed
+
+
+AB_ANALYSIS = {
+    "prometheus": {"url": "http://prometheus:9090"},
+    "checks": [{"name": "error-rate", "query": 'errors{version="{{version}}"}', "relative": {"maxIncrease": 0}}],
+}
+
+
+def test_the_three_other_strategies_have_defaults() -> None:
+    rolling = parse_spec(spec(strategy={"type": "rolling"}))
+    assert rolling.rolling.deployment is None and rolling.in_place is rolling.rolling
+    assert rolling.rolling.deployment_strategy() == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
+    }
+    assert parse_spec(spec(strategy={"type": "rolling", "rolling": {"maxSurge": "1"}})).rolling.max_surge == 1
+    recreate = parse_spec(spec(strategy={"type": "recreate"}))
+    assert recreate.recreate.progress_deadline == timedelta(minutes=10) and recreate.recreate.pause is None
+    ab = parse_spec(spec(strategy={"type": "abTest"}, analysis=AB_ANALYSIS))
+    settings = ab.ab_test
+    assert (settings.unmatched_weight, settings.duration, settings.pause) == (0, timedelta(minutes=10), None)
+    assert [m.istio() for m in settings.match] == [{"headers": {"canary": {"exact": "true"}}}]  # the seed's header
+    assert ab.istio.virtual_service.name == "myapp" and ab.routed is settings
+
+
+@pytest.mark.parametrize(
+    ("matcher", "cookie", "matches"),
+    [
+        ({"exact": "b"}, "variant=b", True),
+        ({"exact": "b"}, "session=1; variant=b; theme=dark", True),
+        ({"exact": "b"}, "variant=bb", False),
+        ({"exact": "b"}, "xvariant=b", False),
+        ({"prefix": "beta"}, "a=1;variant=beta-7", True),
+        ({"prefix": "beta"}, "variant=alpha", False),
+        ({"regex": "[0-9]+"}, "variant=42", True),
+        ({"regex": "[0-9]+"}, "variant=4x", False),
+    ],
+)
+def test_a_cookie_becomes_a_regex_on_the_cookie_header(matcher: dict[str, str], cookie: str, matches: bool) -> None:
+    import re
+
+    parsed = parse_spec(
+        spec(strategy={"type": "abTest", "abTest": {"match": [{"cookies": {"variant": matcher}}]}}, analysis=AB_ANALYSIS)
+    )
+    istio = parsed.ab_test.match[0].istio()
+    pattern = istio["headers"]["cookie"]["regex"]
+    assert (re.fullmatch(pattern, cookie) is not None) is matches  # Istio (RE2) matches the whole value

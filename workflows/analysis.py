@@ -10,6 +10,7 @@ more than `failureLimit` failed measurements, or more than `inconclusiveLimit` i
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -23,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
         Measurement,
         MetricQuery,
         MetricValue,
+        RelativeBound,
         Verdict,
         render_query,
     )
@@ -60,24 +62,50 @@ def queries(checks: list[Check], variants: Variants) -> list[MetricQuery]:
     return wanted
 
 
-def _number(value: float | None) -> str:
+def format_value(value: float | None) -> str:
     return "no data" if value is None else f"{value:.4g}"
 
 
-def judge_check(check: Check, variants: Variants, values: dict[str, MetricValue]) -> CheckOutcome:
-    mine = values[f"{check.name}@{variants.canary}"]
-    theirs = values.get(f"{check.name}@{variants.stable}")
+def relative_bounds(relative: RelativeBound) -> list[tuple[bool, str, Callable[[float], float], str]]:
+    """Each relative bound set: (upper bound?, how it reads after the stable version's name,
+    the limit given stable's value, how a breach reads before "stable's value").
+
+    A negative `maxIncrease` asks the canary to be better (lower) by that much; a negative
+    `minIncrease` tolerates a drop of that much.
+    """
+    found: list[tuple[bool, str, Callable[[float], float], str]] = []
+    for upper, increase, ratio in (
+        (True, relative.max_increase, relative.max_ratio),
+        (False, relative.min_increase, relative.min_ratio),
+    ):
+        if increase is not None:
+            sign, size, side = ("+", increase, "above") if increase >= 0 else ("−", -increase, "below")
+            # an upper bound is broken by being too high, a lower one by being too low
+            breach = f"{'more than' if upper == (increase >= 0) else 'not at least'} {size:g} {side}"
+            found.append((upper, f"{sign} {size:g}", lambda base, amount=increase: base + amount, breach))
+        if ratio is not None:
+            breach = f"more than {ratio:g}×" if upper else f"less than {ratio:g}×"
+            found.append((upper, f"× {ratio:g}", lambda base, factor=ratio: base * factor, breach))
+    return found
+
+
+def describe_bounds(check: Check, stable: str) -> str:
+    """`≤ 0.01 and ≤ v1 + 0.005`: a check's bounds, naming the stable version `stable`."""
     bounds = []
     if check.min is not None:
         bounds.append(f"≥ {check.min:g}")
     if check.max is not None:
         bounds.append(f"≤ {check.max:g}")
-    relative = check.relative
-    if relative is not None and relative.max_increase is not None:
-        bounds.append(f"≤ {variants.stable} + {relative.max_increase:g}")
-    if relative is not None and relative.max_ratio is not None:
-        bounds.append(f"≤ {variants.stable} × {relative.max_ratio:g}")
-    outcome = dict(name=check.name, value=mine.value, bound=" and ".join(bounds), query=mine.query)
+    relative = relative_bounds(check.relative) if check.relative is not None else []
+    bounds += [f"{'≤' if upper else '≥'} {stable} {written}" for upper, written, _, _ in relative]
+    return " and ".join(bounds)
+
+
+def judge_check(check: Check, variants: Variants, values: dict[str, MetricValue]) -> CheckOutcome:
+    mine = values[f"{check.name}@{variants.canary}"]
+    theirs = values.get(f"{check.name}@{variants.stable}")
+    relative = relative_bounds(check.relative) if check.relative is not None else []
+    outcome = dict(name=check.name, value=mine.value, bound=describe_bounds(check, variants.stable), query=mine.query)
     if theirs is not None:
         outcome["baseline"] = theirs.value
 
@@ -94,7 +122,7 @@ def judge_check(check: Check, variants: Variants, values: dict[str, MetricValue]
         broken.append(f"below {check.min:g}")
     if check.max is not None and value > check.max:
         broken.append(f"above {check.max:g}")
-    if relative is not None:
+    if relative:
         assert theirs is not None
         baseline = theirs.value
         if baseline is None or math.isnan(baseline):
@@ -103,17 +131,16 @@ def judge_check(check: Check, variants: Variants, values: dict[str, MetricValue]
                 verdict=Verdict.INCONCLUSIVE,
                 message=f"{check.name}: no data for {variants.stable} to compare with",
             )
-        if relative.max_increase is not None and value > baseline + relative.max_increase:
-            broken.append(f"more than {relative.max_increase:g} above {variants.stable}'s {_number(baseline)}")
-        if relative.max_ratio is not None and value > baseline * relative.max_ratio:
-            broken.append(f"more than {relative.max_ratio:g}× {variants.stable}'s {_number(baseline)}")
+        for upper, _, limit, breach in relative:
+            if value > limit(baseline) if upper else value < limit(baseline):
+                broken.append(f"{breach} {variants.stable}'s {format_value(baseline)}")
     if broken:
         return CheckOutcome(
             **outcome,
             verdict=Verdict.FAIL,
-            message=f"{check.name} = {_number(value)}, " + " and ".join(broken),
+            message=f"{check.name} = {format_value(value)}, " + " and ".join(broken),
         )
-    return CheckOutcome(**outcome, verdict=Verdict.PASS, message=f"{check.name} = {_number(value)}")
+    return CheckOutcome(**outcome, verdict=Verdict.PASS, message=f"{check.name} = {format_value(value)}")
 
 
 def judge(at: datetime, checks: list[Check], variants: Variants, values: list[MetricValue]) -> Measurement:

@@ -73,51 +73,8 @@ class CanaryWorkflow(DeploymentWorkflow):
         spec = self.spec
         settings = spec.canary
         try:
-            self.previous_image = await self.kubernetes(
-                "read stable image",
-                KubernetesActivities.read_deployment_image,
-                ObjectRef(namespace=spec.namespace, name=self.stable_name),
-                summary=f"read the image {self.stable_name} runs",
-            )
-            self.active_version = self.target.stable_subset
-            self.new_version = self.target.canary_subset
-            await self.kubernetes(
-                "ensure Service",
-                KubernetesActivities.ensure_service,
-                self._service(spec.app, {"app": spec.app}),
-                summary=f"ensure Service {spec.app} (both subsets)",
-            )
-            if self.previous_image is None:
+            if not await self._deploy_canary():
                 return await self._first_deployment()
-
-            self.weight = await self.kubernetes(
-                "ensure routing",
-                KubernetesActivities.ensure_routing,
-                self.target,
-                summary=f"ensure VirtualService {self.target.virtual_service} and DestinationRule",
-            )
-            if self.weight != 0:
-                self.record("routing", f"found {self.weight}% on {self.target.canary_subset}; resetting to 0")
-                await self._set_weight(0, expected=None)
-
-            self.set_phase(Phase.ROLLING_OUT, f"rolling out {self.canary_name} with {spec.image}")
-            self.canary_started = True
-            await self.roll_out(self._workload(self.target.canary_subset, self.canary_name), settings.progress_deadline)
-            canary_service = f"{spec.app}-canary"
-            await self.kubernetes(
-                "ensure canary Service",
-                KubernetesActivities.ensure_service,
-                self._service(canary_service, {"app": spec.app, "version": self.target.canary_subset}),
-                summary=f"ensure Service {canary_service} for smoke tests",
-            )
-            self.set_phase(Phase.SMOKE_TESTING, f"smoke testing {self.canary_name}")
-            await self.smoke(
-                settings.smoke_test,
-                app=spec.app,
-                namespace=spec.namespace,
-                colour=self.target.canary_subset,
-                service=canary_service,
-            )
 
             for index, step in enumerate(settings.steps):
                 if self.promotion is not None:
@@ -160,6 +117,66 @@ class CanaryWorkflow(DeploymentWorkflow):
             self.set_phase(Phase.ANALYSING, f"{label}: one-off analysis at {self.weight}%")
             await self.one_off_analysis(step.analysis.checks)
 
+    async def _deploy_canary(self) -> bool:
+        """Routing at 0%, then `{app}-canary` rolled out and smoke tested: ready for traffic.
+
+        False (nothing done) when there is no stable version yet: a first deployment.
+        """
+        spec = self.spec
+        self.previous_image = await self.kubernetes(
+            "read stable image",
+            KubernetesActivities.read_deployment_image,
+            ObjectRef(namespace=spec.namespace, name=self.stable_name),
+            summary=f"read the image {self.stable_name} runs",
+        )
+        self.active_version = self.target.stable_subset
+        self.new_version = self.target.canary_subset
+        await self.kubernetes(
+            "ensure Service",
+            KubernetesActivities.ensure_service,
+            self._service(spec.app, {"app": spec.app}),
+            summary=f"ensure Service {spec.app} (both subsets)",
+        )
+        if self.previous_image is None:
+            return False
+
+        await self._ensure_routing_at_zero()
+
+        self.set_phase(Phase.ROLLING_OUT, f"rolling out {self.canary_name} with {spec.image}")
+        self.canary_started = True
+        await self.roll_out(self._workload(self.target.canary_subset, self.canary_name), spec.routed.progress_deadline)
+        canary_service = f"{spec.app}-canary"
+        await self.kubernetes(
+            "ensure canary Service",
+            KubernetesActivities.ensure_service,
+            self._service(canary_service, {"app": spec.app, "version": self.target.canary_subset}),
+            summary=f"ensure Service {canary_service} for smoke tests",
+        )
+        self.set_phase(Phase.SMOKE_TESTING, f"smoke testing {self.canary_name}")
+        await self.smoke(
+            spec.routed.smoke_test,
+            app=spec.app,
+            namespace=spec.namespace,
+            colour=self.target.canary_subset,
+            service=canary_service,
+        )
+        return True
+
+    async def _withdraw_routes(self) -> None:
+        """Before the canary leaves: routes that only it serves go (none here; A/B has one)."""
+
+    async def _ensure_routing_at_zero(self) -> None:
+        """The DestinationRule and VirtualService exist, with all traffic on stable."""
+        self.weight = await self.kubernetes(
+            "ensure routing",
+            KubernetesActivities.ensure_routing,
+            self.target,
+            summary=f"ensure VirtualService {self.target.virtual_service} and DestinationRule",
+        )
+        if self.weight != 0:
+            self.record("routing", f"found {self.weight}% on {self.target.canary_subset}; resetting to 0")
+            await self._set_weight(0, expected=None)
+
     async def _set_weight(self, weight: int, expected: int | None) -> None:
         """Move the weight; a weight someone else changed ends the run (and rolls back)."""
         self.weight = await self.kubernetes(
@@ -174,7 +191,8 @@ class CanaryWorkflow(DeploymentWorkflow):
     async def _promote(self) -> None:
         spec = self.spec
         self.set_phase(Phase.PROMOTING, f"giving {self.stable_name} the new image {spec.image}")
-        await self.roll_out(self._workload(self.target.stable_subset, self.stable_name), spec.canary.progress_deadline)
+        await self.roll_out(self._workload(self.target.stable_subset, self.stable_name), spec.routed.progress_deadline)
+        await self._withdraw_routes()
         await self._set_weight(0, expected=None)
         await self.restore(
             KubernetesActivities.scale_deployment,
@@ -186,15 +204,8 @@ class CanaryWorkflow(DeploymentWorkflow):
         """No stable version to compare with: deploy it directly, with all traffic (as Flagger)."""
         spec = self.spec
         self.set_phase(Phase.ROLLING_OUT, f"first deployment: rolling out {self.stable_name} with {spec.image}")
-        await self.roll_out(self._workload(self.target.stable_subset, self.stable_name), spec.canary.progress_deadline)
-        self.weight = await self.kubernetes(
-            "ensure routing",
-            KubernetesActivities.ensure_routing,
-            self.target,
-            summary=f"ensure VirtualService {self.target.virtual_service} and DestinationRule",
-        )
-        if self.weight != 0:
-            await self._set_weight(0, expected=None)
+        await self.roll_out(self._workload(self.target.stable_subset, self.stable_name), spec.routed.progress_deadline)
+        await self._ensure_routing_at_zero()
         return await self.finish(
             Outcome.PROMOTED, f"first deployment: {spec.app} serves {spec.image} (no stable version to compare with)"
         )
@@ -205,6 +216,7 @@ class CanaryWorkflow(DeploymentWorkflow):
             return
         spec = self.spec
         self.set_phase(Phase.ROLLING_BACK, reason)
+        await self._withdraw_routes()
         await self.restore(
             KubernetesActivities.set_canary_weight,
             WeightChange(target=self.target, weight=0),
@@ -220,7 +232,7 @@ class CanaryWorkflow(DeploymentWorkflow):
         self.record("rolledBack", f"{self.canary_name} scaled to 0; all traffic on {self.stable_name}")
 
     def _workload(self, version: str, name: str) -> WorkloadSpec:
-        return workload_spec(self.spec, version, self.spec.canary.progress_deadline, name)
+        return workload_spec(self.spec, version, self.spec.routed.progress_deadline, name)
 
     def _service(self, name: str, selector: dict[str, str]) -> ServiceSpec:
         return ServiceSpec(

@@ -18,6 +18,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePa
 from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.analysis import AnalysisLimits, Variants, judge, queries
+from workflows.telemetry import Reporter
 
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
@@ -29,6 +30,7 @@ with workflow.unsafe.imports_passed_through():
         MetricValue,
         Verdict,
         Decision,
+        Downtime,
         DeploymentInput,
         DeploymentResult,
         DeploymentSpec,
@@ -36,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
         Event,
         ObjectRef,
         Outcome,
+        Pause,
         Phase,
         RolloutState,
         RolloutWait,
@@ -76,7 +79,22 @@ RESTORE_CALL: dict[str, Any] = dict(
         maximum_interval=timedelta(seconds=30),
     ),
 )
-ROLLOUT_HEARTBEAT = timedelta(seconds=30)
+ROLLOUT_HEARTBEAT = timedelta(seconds=10)
+
+
+def polling(deadline: timedelta) -> dict[str, Any]:
+    """Options of an activity that polls the cluster (heartbeating) until `deadline` from now.
+
+    An abort cancels the poll and waits until it has stopped (it learns of the cancellation at
+    its next heartbeat, within 0.8 × ROLLOUT_HEARTBEAT): no poller outlives the step it served.
+    """
+    return dict(
+        start_to_close_timeout=deadline + timedelta(minutes=1),
+        schedule_to_close_timeout=deadline + timedelta(minutes=2),
+        heartbeat_timeout=ROLLOUT_HEARTBEAT,
+        retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+        cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    )
 
 # Activity failures that are a verdict on the new version (it rolls back, exit code 3), as
 # opposed to the tool or the cluster failing (exit code 1).
@@ -130,9 +148,11 @@ class DeploymentWorkflow:
     weight: int | None
     step: int | None
     last_measurement: Measurement | None
+    downtime: Downtime | None
     limits: AnalysisLimits | None
     failed_measurement: Measurement | None
     result: DeploymentResult | None
+    reporter: Reporter
 
     def _begin(self, deployment: DeploymentInput) -> None:
         self.spec = deployment.spec
@@ -152,14 +172,17 @@ class DeploymentWorkflow:
         self.weight = None
         self.step = None
         self.last_measurement = None
+        self.downtime = None
         self.limits = AnalysisLimits(self.spec.analysis) if self.spec.analysis else None
         self.failed_measurement = None
         self.result = None
+        self.reporter = Reporter(self.spec)
         self.record(
             "started",
             f"{self.spec.strategy.type} of {self.spec.app} to {self.spec.image}",
             by=self.requested_by,
         )
+        self.reporter.started(self.requested_by)
 
     # -- what a person sends and reads ---------------------------------------------------------
 
@@ -206,6 +229,7 @@ class DeploymentWorkflow:
             weight=self.weight,
             step=self.step,
             last_measurement=self.last_measurement,
+            downtime=self.downtime,
             events=list(self.events),
             result=self.result,
         )
@@ -218,9 +242,10 @@ class DeploymentWorkflow:
         workflow.logger.info("%s: %s%s", kind, message, f" (by {by})" if by else "")
         self._show_details()
 
-    def set_phase(self, phase: Phase, message: str) -> None:
-        self.phase = phase
+    def set_phase(self, phase: Phase, message: str, by: str | None = None) -> None:
+        previous, self.phase = self.phase, phase
         self.record("phase", f"{phase.value}: {message}")
+        self.reporter.phase(previous, phase, message, by)
         if DEPLOY_PHASE.name in {key.name for key in _registered_keys()}:
             workflow.upsert_search_attributes([SearchAttributePair(DEPLOY_PHASE, phase.value)])
 
@@ -236,21 +261,32 @@ class DeploymentWorkflow:
             lines.append(f"- current timer ends at {self.timer_ends_at.isoformat(timespec='seconds')}")
         if self.weight is not None:
             lines.append(f"- canary weight: **{self.weight}%**" + (f" (step {self.step})" if self.step is not None else ""))
+        if self.downtime is not None:
+            lines.append(f"- downtime: **{describe_downtime(self.downtime)}**")
         if self.approval is not None:
             lines.append(f"- approved by {self.approval.by}: {self.approval.reason or '(no reason)'}")
         if self.last_measurement is not None:
             measurement = self.last_measurement
             lines += ["", f"last analysis ({measurement.at.strftime('%H:%M:%S')}): **{measurement.verdict.value}**", ""]
-            lines += ["| check | value | baseline | bound | verdict |", "|---|---|---|---|---|"]
-            for check in measurement.checks:
-                value = "no data" if check.value is None else f"{check.value:.4g}"
-                baseline = "" if check.baseline is None else f"{check.baseline:.4g}"
-                lines.append(f"| {check.name} | {value} | {baseline} | {check.bound} | {check.verdict.value} |")
-        lines += ["", "| at | event | by |", "|---|---|---|"]
+            # A fixed-width table in a code block: the UI's Markdown tables have no cell spacing.
+            rows = [("check", "value", "baseline", "bound", "verdict")] + [
+                (
+                    check.name,
+                    "no data" if check.value is None else f"{check.value:.4g}",
+                    "" if check.baseline is None else f"{check.baseline:.4g}",
+                    check.bound,
+                    check.verdict.value,
+                )
+                for check in measurement.checks
+            ]
+            widths = [max(len(row[column]) for row in rows) for column in range(5)]
+            lines += ["```", *("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows), "```"]
+        lines += ["", "recent events:", ""]
         for event in self.events[-8:]:
-            who = event.by or ""
-            lines.append(f"| {event.at.strftime('%H:%M:%S')} | {event.message} | {who} |")
+            who = f" — by {event.by}" if event.by else ""
+            lines.append(f"- {event.at.strftime('%H:%M:%S')} {event.message}{who}")
         workflow.set_current_details("\n".join(lines))
+        self.reporter.canary_weight(self.weight)
 
     # -- running steps -------------------------------------------------------------------------
 
@@ -289,6 +325,13 @@ class DeploymentWorkflow:
         not interruptible: an abort then takes effect right after it.
         """
         call = workflow.execute_activity_method(method, arg, summary=summary, **KUBERNETES_CALL)
+        return await self.await_step(step, call, interruptible)
+
+    async def await_step(self, step: str, call: Awaitable[T], interruptible: bool = True) -> T:
+        """Await an activity, mapping its failure to StepFailed; `interruptible`: see `interruptible()`.
+
+        Compensation runs its steps with `interruptible=False`: the abort is what it handles.
+        """
         if interruptible:
             return await self.interruptible(step, call)
         try:
@@ -296,9 +339,9 @@ class DeploymentWorkflow:
         except ActivityError as error:
             raise _failure_reason(step, error) from None
 
-    async def restore(self, method: Callable[..., Awaitable[Any]], arg: Any, summary: str) -> None:
+    async def restore(self, method: Callable[..., Awaitable[T]], arg: Any, summary: str) -> T:
         """A compensating write: not interruptible, retried until it succeeds."""
-        await workflow.execute_activity_method(method, arg, summary=summary, **RESTORE_CALL)
+        return await workflow.execute_activity_method(method, arg, summary=summary, **RESTORE_CALL)
 
     async def roll_out(self, workload: WorkloadSpec, deadline: timedelta) -> RolloutState:
         """Apply a Deployment and wait until its rollout completes, failing at the deadline."""
@@ -308,22 +351,24 @@ class DeploymentWorkflow:
             workload,
             summary=f"apply {workload.name} ({workload.image})",
         )
-        wait = RolloutWait(
-            namespace=workload.namespace, name=workload.name, deadline=workflow.now() + deadline
-        )
-        state = await self.interruptible(
-            f"rollout of {workload.name}",
+        return await self.wait_for_rollout(workload.namespace, workload.name, deadline)
+
+    async def wait_for_rollout(
+        self, namespace: str, name: str, deadline: timedelta, interruptible: bool = True
+    ) -> RolloutState:
+        """Wait until a Deployment's rollout completes, failing `deadline` from now."""
+        wait = RolloutWait(namespace=namespace, name=name, deadline=workflow.now() + deadline)
+        state = await self.await_step(
+            f"rollout of {name}",
             workflow.execute_activity_method(
                 KubernetesActivities.wait_for_rollout,
                 wait,
-                summary=f"wait for {workload.name} to be ready (deadline {format_duration(deadline)})",
-                start_to_close_timeout=deadline + timedelta(minutes=1),
-                schedule_to_close_timeout=deadline + timedelta(minutes=2),
-                heartbeat_timeout=ROLLOUT_HEARTBEAT,
-                retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)),
+                summary=f"wait for {name} to be ready (deadline {format_duration(deadline)})",
+                **polling(deadline),
             ),
+            interruptible,
         )
-        self.record("rollout", f"{workload.name} ready: {state.message}")
+        self.record("rollout", f"{name} ready: {state.message}")
         return state
 
     async def smoke(self, smoke: SmokeTest | None, **placeholders: str) -> SmokeResult | None:
@@ -474,7 +519,11 @@ class DeploymentWorkflow:
             self.awaiting_approval = False
             self.timer_ends_at = None
         if analysis is not None:
-            self.record("analysis", f"{what}: {passed} measurement(s) passed")
+            last = self.last_measurement
+            figures = ", ".join(
+                f"{c.name} {'no data' if c.value is None else f'{c.value:.4g}'}" for c in (last.checks if last else [])
+            )
+            self.record("analysis", f"{what}: {passed} measurement(s) passed" + (f"; last: {figures}" if figures else ""))
         if duration is None:
             decision = self.approval or self.promotion
             assert decision is not None
@@ -494,9 +543,37 @@ class DeploymentWorkflow:
             if self.promotion is not None:
                 return
 
+    async def settle(
+        self,
+        steps: Callable[[], Awaitable[DeploymentResult]],
+        compensate: Callable[[str], Awaitable[str | None]],
+    ) -> DeploymentResult:
+        """Run a strategy's steps; on a failure, abort/rollback or cancellation, compensate, finish.
+
+        `compensate(reason)` puts back what users had (not interruptible, retried as needed) and
+        returns what it could not put back, if anything: that makes the outcome `failed`.
+        """
+        try:
+            return await steps()
+        except StepFailed as failure:
+            outcome, reason, by = failure.outcome, failure.reason, None
+        except Interrupted as interruption:
+            decision = interruption.decision
+            outcome, by = Outcome.ABORTED, decision.by
+            reason = f"{interruption.signal} by {decision.by}" + (f": {decision.reason}" if decision.reason else "")
+        except asyncio.CancelledError:
+            await compensate("the workflow was cancelled")
+            await self.finish(Outcome.ABORTED, "the workflow was cancelled")
+            raise
+        problem = await compensate(reason)
+        if problem is not None:
+            outcome, reason = Outcome.FAILED, f"{reason}; {problem}"
+        return await self.finish(outcome, reason, by=by)
+
     async def finish(self, outcome: Outcome, reason: str, by: str | None = None) -> DeploymentResult:
         """Record the outcome, show it, and return it once every signal handler is done."""
-        self.set_phase(OUTCOME_PHASE[outcome], reason)
+        self.set_phase(OUTCOME_PHASE[outcome], reason, by=by)
+        self.reporter.finished(outcome, reason, self.failed_measurement)
         self.result = DeploymentResult(
             outcome=outcome,
             reason=reason,
@@ -508,12 +585,22 @@ class DeploymentWorkflow:
             previous_version=self.previous_version,
             previous_image=self.previous_image,
             failed_measurement=self.failed_measurement,
+            downtime=self.downtime,
             started_at=self.started_at,
             finished_at=workflow.now(),
             events=list(self.events),
         )
+        await self.reporter.drain()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.result
+
+
+def describe_downtime(downtime: Downtime) -> str:
+    """`3.2s (no pod from 12:00:01 to 12:00:04)`, or `still down since 12:00:01`."""
+    since = downtime.started_at.strftime("%H:%M:%S")
+    if downtime.ended_at is None or downtime.seconds is None:
+        return f"still down since {since}"
+    return f"{downtime.seconds:.1f}s (no pod served from {since} to {downtime.ended_at.strftime('%H:%M:%S')})"
 
 
 def _registered_keys() -> list[SearchAttributeKey[Any]]:
@@ -548,3 +635,20 @@ def workload_spec(spec: DeploymentSpec, version: str, deadline: timedelta, name:
 
 def deployment_ref(spec: DeploymentSpec, version: str) -> ObjectRef:
     return ObjectRef(namespace=spec.namespace, name=f"{spec.app}-{version}")
+
+
+def smoke_plan(smoke: SmokeTest | None, setting: str) -> str:
+    """The smoke test step of a plan, for `starter.py plan`."""
+    if smoke is None:
+        return f"no smoke test ({setting} is not set)"
+    return (
+        f"smoke test GET {smoke.url} expecting {smoke.expect_status} "
+        f"(timeout {format_duration(smoke.timeout)}, {smoke.retries} retries {format_duration(smoke.interval)} apart)"
+    )
+
+
+def pause_plan(pause: Pause, when: str) -> str:
+    """A `pause` step of a plan: a durable timer, or a wait for approval."""
+    if pause.duration is None:
+        return f"pause {when} until an approve signal (abort puts everything back)"
+    return f"pause {format_duration(pause.duration)} {when} (durable timer; abort puts everything back, promote ends it)"

@@ -1,0 +1,74 @@
+"""Rolling update with automatic undo.
+
+The app's own Deployment gets the new image (and `maxSurge` / `maxUnavailable`); Kubernetes
+replaces the pods a few at a time while the old ones keep serving. The rollout must complete
+within the progress deadline: pods that never become ready, crash-loop, or whose image cannot be
+pulled all keep it from completing, and it ends there. Then the smoke test, the analysis window
+and the optional pause. Any failure, abort or cancellation puts the recorded pod template (and
+strategy) back, and the run waits until that rollback is itself complete.
+"""
+
+from __future__ import annotations
+
+from temporalio import workflow
+
+from workflows.in_place import InPlaceWorkflow, deployment_name, in_place_plan
+
+with workflow.unsafe.imports_passed_through():
+    from activities.kubernetes import KubernetesActivities
+    from deploy_models import DeploymentInput, DeploymentResult, DeploymentSpec, DeploymentUpdate, Outcome, Phase, format_duration
+
+
+def strategy_text(spec: DeploymentSpec) -> str:
+    rolling = spec.rolling.deployment_strategy()["rollingUpdate"]
+    return f"maxSurge {rolling['maxSurge']}, maxUnavailable {rolling['maxUnavailable']}"
+
+
+@workflow.defn(name="RollingDeployment")
+class RollingWorkflow(InPlaceWorkflow):
+    @workflow.init
+    def __init__(self, deployment: DeploymentInput) -> None:
+        self._begin_in_place(deployment)
+
+    @workflow.run
+    async def run(self, deployment: DeploymentInput) -> DeploymentResult:
+        return await self.settle(self._steps, self.undo)
+
+    async def _steps(self) -> DeploymentResult:
+        spec, settings = self.spec, self.spec.rolling
+        snapshot = await self.record_deployment()
+        if snapshot is None:
+            await self.first_deployment()
+        else:
+            self.set_phase(
+                Phase.ROLLING_OUT,
+                f"rolling {self.name} from {snapshot.image} to {spec.image} ({strategy_text(spec)})",
+            )
+            self.changed = True  # from here on, compensation restores the recorded template
+            await self.kubernetes(
+                "update Deployment",
+                KubernetesActivities.update_deployment,
+                DeploymentUpdate(snapshot=snapshot, image=spec.image, strategy=settings.deployment_strategy()),
+                summary=f"set {self.name}'s {snapshot.container} image to {spec.image}",
+            )
+            await self.wait_for_rollout(spec.namespace, self.name, settings.progress_deadline)
+        await self.verify()
+        return await self.finish(Outcome.PROMOTED, self.finished(), by=self.promotion.by if self.promotion else None)
+
+
+def plan(spec: DeploymentSpec) -> list[str]:
+    """The steps a rolling update of `spec` takes, for `starter.py plan`."""
+    settings = spec.rolling
+    name = deployment_name(spec)
+    container = settings.container or "its only container (or the one named like the app)"
+    return [
+        f"record Deployment {name} as it is: pod template, replicas, strategy "
+        f"(missing: create it with {spec.replicas} replicas, a first deployment)",
+        f"set the image of {container} to {spec.image}, strategy RollingUpdate with {strategy_text(spec)} "
+        "(one guarded patch; replicas unchanged)",
+        f"wait until the rollout is complete (progress deadline {format_duration(settings.progress_deadline)}: "
+        "pods never ready, crash-looping or not pulled end it)",
+        *in_place_plan(spec, settings),
+        "on a failure, abort or cancellation: put the recorded pod template and strategy back and wait "
+        "until that rollback is complete",
+    ]
