@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test worker clean
+.PHONY: demo test worker clean bench
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,6 +24,12 @@ test: $(STAMP)
 
 worker: $(STAMP)
 	$(BIN)/python worker.py
+
+# `make bench`: the benchmarks on the sandbox stack; writes docs/benchmarks.md and its plot (~11 min).
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	scripts/install-prometheus.sh
+	BENCH_COMMAND="make bench" $(BIN)/python -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .demo .pytest_cache *.egg-info

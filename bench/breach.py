@@ -205,14 +205,17 @@ async def run_breach(stack: Stack, config: BreachConfig, say: Callable[[str], No
     breaches = [asyncio.create_task(turn_bad_on_time(stack, run, counts)) for run in runs]
     say(f"breach: {len(runs)} canaries at once ({config.runs} per interval {', '.join(f'{i:g}s' for i in config.intervals)} "
         f"and {config.runs} of the seed's), window {config.window:g}s")
+    async def one(run: BreachRun) -> None:
+        try:
+            await asyncio.wait_for(
+                run_tidegate(stack, run, config) if run.who == "tidegate" else run_seed(stack, run, config),
+                timeout=4 * config.window + 180,
+            )
+        except TimeoutError:
+            run.outcome, run.reason = "timeout", f"not finished after {4 * config.window + 180:g} s"
+
     try:
-        await asyncio.wait_for(
-            asyncio.gather(*(
-                run_tidegate(stack, run, config) if run.who == "tidegate" else run_seed(stack, run, config)
-                for run in runs
-            )),
-            timeout=4 * config.window + 180,
-        )
+        await asyncio.gather(*(one(run) for run in runs))
         await asyncio.sleep(1.0)  # a last look at the weights and counters
     finally:
         watch.cancel()

@@ -104,11 +104,12 @@ async def start_time_skipping() -> WorkflowEnvironment:
     )
 
 
-STEP = timedelta(seconds=10)  # virtual time advanced at a time (well under the 30 s heartbeat timeout)
+STEP = timedelta(seconds=10)  # virtual time advanced at a time, with no activity running
 
 
 async def deploy(env: WorkflowEnvironment, task_queue: str, document: dict[str, Any], settle: float) -> Any:
-    """Run one deployment, moving the test server's clock by hand, `STEP` at a time.
+    """Run one deployment, moving the test server's clock by hand, `STEP` at a time, whenever no
+    activity is running.
 
     Timers then cost no wall time, but the analysis still measures a real Prometheus, which needs
     real seconds to see the canary's first requests: whenever the run's phase or weight changed,
@@ -126,9 +127,16 @@ async def deploy(env: WorkflowEnvironment, task_queue: str, document: dict[str, 
                     state = (status.phase, status.weight)
                     if state != seen:
                         seen = state
-                        await asyncio.sleep(settle)
+                        if settle:
+                            await asyncio.sleep(settle)
                 if result.done():
                     break
+                # The test server's clock moves even while an activity runs: only move it between
+                # activities, or a rollout wait would miss its heartbeats by virtual minutes.
+                description = await handle.describe()
+                if description.raw_description.pending_activities:
+                    await asyncio.sleep(0.02)
+                    continue
                 await env.sleep(STEP)
                 await asyncio.sleep(0.01)
             return handle, await result
@@ -152,7 +160,9 @@ async def measure_strategy(
     env: WorkflowEnvironment, stack: Stack, task_queue: str, strategy: str, timeout: float
 ) -> tuple[Cost, Timeline]:
     app = f"cost-{strategy.lower()}-{uuid.uuid4().hex[:4]}"
-    settle = 2 * stack.settings.scrape_seconds + 1.5
+    # Prometheus needs two scrapes of a new version's traffic; without analysis nothing waits for it.
+    measured = "analysis" in default_spec(strategy, app, app, stack.prometheus_url)
+    settle = 2 * stack.settings.scrape_seconds + 1.5 if measured else 0.0
     await asyncio.wait_for(
         deploy(env, task_queue, default_spec(strategy, app, f"{app}:1.0", stack.prometheus_url), settle), timeout
     )

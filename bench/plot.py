@@ -20,19 +20,27 @@ def representative(runs: list[BreachRun]) -> BreachRun | None:
 
 
 def error_rate_series(run: BreachRun) -> tuple[list[float], list[float]]:
-    """(time since the breach, 5xx share over the trailing ERROR_WINDOW) from the run's samples."""
+    """(time since the breach, 5xx share over the trailing ERROR_WINDOW) from the run's samples,
+    while the canary has traffic (a version that serves nothing has no error rate)."""
     assert run.first_bad is not None
     times, rates = [], []
     j = 0
     samples = run.samples
-    for t, _weight, requests, errors in samples:
+    for t, weight, requests, errors in samples:
         while j < len(samples) and samples[j][0] < t - ERROR_WINDOW:
             j += 1
         _, _, requests0, errors0 = samples[j]
         served = requests - requests0
         times.append(t - run.first_bad)
-        rates.append(100 * (errors - errors0) / served if served > 0 else math.nan)
+        rates.append(100 * (errors - errors0) / served if served > 0 and weight > 0 else math.nan)
     return times, rates
+
+
+def errors_since_breach(run: BreachRun) -> tuple[list[float], list[float]]:
+    """(time since the breach, 5xx the canary answered since the breach, itself included)."""
+    assert run.first_bad is not None
+    before = max((e for t, _, _, e in run.samples if t < run.first_bad), default=0)
+    return [t - run.first_bad for t, *_ in run.samples], [max(0, e - before) for *_, e in run.samples]
 
 
 def plot_breach(result: BreachResult, path: Path) -> Path | None:
@@ -52,7 +60,9 @@ def plot_breach(result: BreachResult, path: Path) -> Path | None:
     end = max((run.breach_to_rollback or 0.0) for _, _, run in chosen) + 8
     start = -min(15.0, max(5.0, min((run.first_bad or 0) - (run.weighted_at or 0) for _, _, run in chosen)))
 
-    figure, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(10, 6.5), gridspec_kw={"height_ratios": [1, 1]})
+    figure, (top, bottom, total) = plt.subplots(
+        3, 1, sharex=True, figsize=(10, 8.5), gridspec_kw={"height_ratios": [1, 1, 0.8]}
+    )
     for label, colour, run in chosen:
         assert run.first_bad is not None
         times = [t - run.first_bad for t, *_ in run.samples]
@@ -62,20 +72,23 @@ def plot_breach(result: BreachResult, path: Path) -> Path | None:
         top.step(times, weights, where="post", color=colour, label=name, linewidth=2 if label == "seed" else 1.6)
         er_times, rates = error_rate_series(run)
         bottom.plot(er_times, rates, color=colour, linewidth=1.4, label=label)
-        for axis in (top, bottom):
+        err_times, errors = errors_since_breach(run)
+        total.step(err_times, errors, where="post", color=colour, linewidth=1.6)
+        for axis in (top, bottom, total):
             axis.axvline(took, color=colour, linestyle=":", linewidth=1.2)
-    for axis in (top, bottom):
+    for axis in (top, bottom, total):
         axis.axvline(0, color="black", linestyle="--", linewidth=1.2)
         axis.grid(True, alpha=0.3)
-    top.annotate("breach: the canary's\nfirst 5xx", xy=(0, 52), xytext=(2, 60), fontsize=8)
+    top.annotate("breach: the canary's first 5xx", xy=(0, 90), xytext=(0.01 * (end - start), 90), fontsize=8)
     top.set_ylabel("canary weight (%)")
     top.set_ylim(-3, 105)
     top.legend(loc="upper right", fontsize=8, title="rollback (dotted)", title_fontsize=8)
     bottom.set_ylabel(f"canary 5xx share, last {ERROR_WINDOW:g}s (%)")
     bottom.axhline(1.0, color="grey", linewidth=0.8)
     bottom.annotate("1% limit", xy=(end - 1, 1.5), ha="right", fontsize=8, color="grey")
-    bottom.set_xlabel("seconds since the breach (median run of each)")
-    bottom.set_xlim(start, end)
+    total.set_ylabel("5xx it answered\nsince the breach")
+    total.set_xlabel("seconds since the breach (median run of each)")
+    total.set_xlim(start, end)
     figure.suptitle(
         f"A canary that turns bad at 5%: tidegate vs the seed's script (window {result.config.window:g}s, "
         f"scrape {result.scrape_seconds:g}s, {result.rate:g} req/s per app)",

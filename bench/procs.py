@@ -198,23 +198,33 @@ def machine_busy_seconds() -> float:
 class LoadMeter:
     """How busy the machine was, and how much of that was not the benchmark's own processes.
 
-    The processes of the benchmark that ended before `stop()` are not counted as its own (their
-    CPU then shows as others'): start and stop around phases whose processes outlive them.
+    Call `poll()` now and then (`polling()` does): a process of the benchmark that ends between two
+    polls has its last seconds counted as others'.
     """
 
     _busy0: float = 0.0
     _mine0: dict[int, float] = field(default_factory=dict)
+    _last: dict[int, float] = field(default_factory=dict)
     _t0: float = 0.0
 
     def start(self) -> None:
         self._t0 = time.monotonic()
         self._busy0 = machine_busy_seconds()
         self._mine0 = {pid: cpu_seconds(pid) or 0.0 for pid in descendants()}
+        self._last = dict(self._mine0)
+
+    def poll(self) -> None:
+        """Note the CPU of the benchmark's processes now (those that end before `stop` count too)."""
+        for pid in descendants():
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                self._last[pid] = cpu
 
     def stop(self) -> dict[str, float]:
+        self.poll()
         elapsed = max(time.monotonic() - self._t0, 1e-9)
         busy = machine_busy_seconds() - self._busy0
-        mine = sum((cpu_seconds(pid) or 0.0) - self._mine0.get(pid, 0.0) for pid in descendants())
+        mine = sum(cpu - self._mine0.get(pid, 0.0) for pid, cpu in self._last.items())
         cores = os.cpu_count() or 1
         return {
             "seconds": elapsed,
@@ -222,3 +232,22 @@ class LoadMeter:
             "bench_percent": 100 * mine / elapsed / cores,
             "others_percent": max(0.0, 100 * (busy - mine) / elapsed / cores),
         }
+
+
+@contextlib.asynccontextmanager
+async def polling(meter: LoadMeter, period: float = 2.0) -> AsyncIterator[LoadMeter]:
+    """`meter` started, polled every `period` seconds, until the block ends (then stop() it)."""
+    meter.start()
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(period)
+            await asyncio.to_thread(meter.poll)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield meter
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -160,12 +160,14 @@ def breach_section(result: BreachResult, plot: Path | None) -> list[str]:
             if run.reason:
                 stage = run.reason.split("%")[0].rsplit(" ", 1)[-1]
                 at[stage] = at.get(stage, 0) + 1
-        where = ", ".join(f"{count} at {stage}%" for stage, count in sorted(at.items(), key=lambda kv: float(kv[0])))
+        where = ", ".join(
+            f"at {stage}% in {count} run{'s' if count > 1 else ''}" for stage, count in sorted(at.items(), key=lambda kv: float(kv[0]))
+        )
         out += [
             f"The seed's script is bounded by its window instead: it looks once, at the end of the window the breach "
             f"falls in, and only if the app-wide error ratio over five minutes is above 1% by then. At 5% of the "
             f"traffic a canary failing 20% of its requests adds about 1% to the app's error ratio, and less while "
-            f"the bad minutes are a part of the five: the seed's check saw it {where or '–'}, "
+            f"the bad minutes are a part of the five: the seed's check caught it {where or '–'}, "
             f"a median {s(seed_median)} after the breach. "
             + (
                 f"tidegate's median is {seed_median / statistics.median(timed(result.group(result.labels()[0]))):.0f}× "
@@ -224,7 +226,9 @@ def carry_section(result: CarryResult) -> list[str]:
         f"until all are in their pause (*ramp*), then watches {config.window:g} s of steady state. Lateness is, for each "
         "analysis measurement in the window (from the histories of a sample of the runs), the time from its timer's due "
         "moment to the `measure` activity starting: the timer firing, the workflow task, and the activity's "
-        "schedule-to-start. CPU is a percentage of one core, averaged over the window (the ramp in brackets); the machine "
+        "schedule-to-start. (The SDK starts activities eagerly: the worker that completes a workflow task gets the "
+        "activities it scheduled in the reply, so their schedule-to-start is close to 0 and the waiting shows in the "
+        "workflow tasks'.) CPU is a percentage of one core, averaged over the window (the ramp in brackets); the machine "
         f"has {result_cores()} cores. Here the sandbox ticks more slowly (controller and traffic every "
         f"{settings.controller_tick:g} s) and Prometheus scrapes every {settings.scrape_seconds:g} s, so that a thousand "
         "simulated apps leave the CPU to what is measured.",
@@ -269,7 +273,36 @@ def carry_section(result: CarryResult) -> list[str]:
             f"the {ramp[0]} ({ramp[1].cpu_percent:.0f}%), and the processes of the benchmark together used "
             f"{total_ramp:.0f}% of the {result_cores() * 100}% the machine has."
             + (f" It stopped there: {result.stopped}." if result.stopped else
-               " Nothing broke at the sizes measured (lateness stayed far below the interval, every run stayed in its pause)."),
+               " Nothing broke at the sizes measured: every run stayed in its pause and the latest measurement was "
+               f"{s(max((max(st.lateness, default=0.0) for st in result.stages), default=0.0))} late, against an "
+               f"interval of {config.interval:g} s (`--full` goes on with more)."),
+            "",
+        ]
+        if len(result.stages) >= 2:
+            first, last = result.stages[0], result.stages[-1]
+            slope = (last.usage["worker"].cpu_percent - first.usage["worker"].cpu_percent) / max(last.n - first.n, 1)
+            rss_slope = (last.usage["worker"].peak_rss - first.usage["worker"].peak_rss) / max(last.n - first.n, 1)
+            if slope > 0:
+                out += [
+                    f"Between N = {n(first.n)} and N = {n(last.n)} each further deployment in its pause cost the worker "
+                    f"about {slope * 1000:.0f}% of a core per thousand and {rss_slope / 1024:.0f} KiB of memory; at that "
+                    f"rate (an extrapolation, not a measurement) one core would carry about "
+                    f"{n(first.n + (100 - first.usage['worker'].cpu_percent) / slope)} deployments measured every "
+                    f"{config.interval:g} s.",
+                    "",
+                ]
+        out += [
+            "Where the limit is: on this machine all of it shares two cores. Setting deployments up (the ramp) is bound by "
+            "the dev server and the worker together (each start is a dozen activities and workflow tasks, every one a "
+            "write in the dev server's SQLite); in steady state a deployment costs one timer, two workflow tasks and one "
+            "`measure` activity (two HTTP queries) per interval, shared by the worker and the dev server, and Prometheus "
+            "answers the queries. A production Temporal cluster takes the server's share off the worker's machine "
+            "(history, matching and persistence on their own nodes, a real database) and scales it out; the worker then "
+            "has its cores to itself and more workers can share a task queue. What stays is the worker's own cost above, "
+            "and its defaults: `worker.py` keeps the SDK's `max_cached_workflows` of 1,000, so beyond a thousand "
+            "deployments in flight per worker runs are evicted from its cache and each analysis wake-up replays the "
+            "run's history (raise it, or add workers); `max_concurrent_activities` (100) bounds the measurements in "
+            "flight at once.",
             "",
         ]
     return out
@@ -367,7 +400,7 @@ def overhead_section(result: OverheadResult) -> list[str]:
         ["… of which waiting for the two rollouts", s(statistics.median(rollout)), s(percentile(rollout, 0.9)), s(max(rollout))],
         ["one step (setWeight N + pause 0s: completion to completion)", ms(statistics.median(steps)), ms(percentile(steps, 0.9)), ms(max(steps))],
         ["between two activities (completed → next started)", ms(statistics.median(gaps)), ms(percentile(gaps, 0.9)), ms(max(gaps))],
-        ["activity schedule-to-start", ms(statistics.median(s2s)), ms(percentile(s2s, 0.9)), ms(max(s2s))],
+        ["activity schedule-to-start (started eagerly, in the workflow task's reply)", ms(statistics.median(s2s)), ms(percentile(s2s, 0.9)), ms(max(s2s))],
         ["workflow task (scheduled → completed)", ms(statistics.median(wft)), ms(percentile(wft, 0.9)), ms(max(wft))],
     ])
     medians = result.activity_medians()
@@ -385,6 +418,58 @@ def overhead_section(result: OverheadResult) -> list[str]:
 
 
 # -- the page -------------------------------------------------------------------------------
+
+
+def headline(results: Results) -> list[str]:
+    """The figures that matter most, each from the section that measured it."""
+    lines = []
+    breach = results.breach
+    if breach is not None:
+        seed = timed(breach.group("seed"))
+        parts = []
+        for label in breach.labels()[:-1]:
+            times = timed(breach.group(label))
+            if times:
+                parts.append(f"{s(statistics.median(times))} at a {label.split()[1]} interval")
+        if parts and seed:
+            bad = [float(r.bad_requests) for r in breach.group(breach.labels()[0]) if r.turned_at is not None]
+            seed_bad = [float(r.bad_requests) for r in breach.group("seed") if r.turned_at is not None]
+            lines.append(
+                f"* **A bad canary is caught** (first 5xx → weight 0, median) in {', '.join(parts)}, against "
+                f"{s(statistics.median(seed))} for the seed's script with the same {breach.config.window:g} s windows; "
+                + (
+                    f"its bad version answered a median {statistics.median(bad):.0f} requests (at the shortest interval) "
+                    f"against {statistics.median(seed_bad):.0f}."
+                    if bad and seed_bad else ""
+                )
+            )
+    carry = results.carry
+    if carry is not None and carry.stages:
+        last = carry.stages[-1]
+        late = summary(last.lateness)
+        lines.append(
+            f"* **One worker carried {n(last.n)} canaries** in their pause, each measured every "
+            f"{carry.config.interval:g} s, at {last.usage['worker'].cpu_percent:.0f}% of a core and "
+            f"{mib(last.usage['worker'].peak_rss)}; measurements ran {ms(late['median'])} late at the median, "
+            f"{ms(late['p99'])} at p99" + (f"; it stopped at {carry.stopped}." if carry.stopped else ".")
+        )
+    cost = results.cost
+    if cost is not None:
+        canary = next((c for c in cost.costs if c.strategy == "canary"), None)
+        if canary is not None:
+            lines.append(
+                f"* **A default canary deployment** (the seed's plan, 40 minutes) costs {n(canary.events)} history events "
+                f"({kib(canary.bytes)}, {100 * canary.events / HISTORY_EVENTS_WARN:.0f}% of Temporal's warning), "
+                f"{canary.kube_requests} Kubernetes API requests and {canary.prometheus_queries} Prometheus queries."
+            )
+    overhead = results.overhead
+    if overhead is not None and overhead.runs:
+        lines.append(
+            f"* **Orchestration overhead**: {ms(statistics.median(overhead.pooled('gaps')))} between two activities, "
+            f"{ms(statistics.median(overhead.pooled('step_seconds')))} per weight step with its Kubernetes calls."
+        )
+    return ["## Summary", "", *lines, ""] if lines else []
+
 
 
 def render(results: Results) -> str:
@@ -405,23 +490,31 @@ def render(results: Results) -> str:
     out += [f"| {key} | {value} |" for key, value in results.machine.items()]
     out.append("")
     if results.load:
-        busy = ", ".join(
-            f"{name}: machine {load['machine_busy_percent']:.0f}% busy, {load['others_percent']:.0f}% of it not the benchmark"
+        busy = "; ".join(
+            f"{name}, the machine was {load['machine_busy_percent']:.0f}% busy, {load['others_percent']:.0f} points of it "
+            "from processes that are not the benchmark's"
             for name, load in results.load.items()
         )
         out += [
-            f"CPU over the run (of all cores): {busy}. Other processes on the machine (here: other people's test runs) "
-            "take CPU from the figures below; the sandbox itself (emulated API, traffic, /metrics) runs in the "
+            f"CPU of all cores over the run: during {busy}. Other processes (on this machine: other people's test runs) "
+            "take CPU from the figures below. The sandbox (emulated API, simulated traffic, /metrics) runs in the "
             "benchmark's own process.",
             "",
         ]
     out += [
+        "The benchmark's sandbox is the project's (`sandbox/`), assembled in [bench/stack.py](../bench/stack.py) with "
+        "two additions: images a benchmark turns bad at a chosen moment, and a short request log in the emulated API. "
+        "kmock, under the emulator, logs every request and scans the whole log to serve each new one, so the API "
+        "slows down with every request served (about 20 ms a request after a thousand); the benchmarks inject no "
+        "faults, so the log is emptied as requests come in, or setting up a thousand deployments would never end.",
+        "",
         "Run it: `make bench` (installs `.[test,bench]`, then `python -m bench.run`); `python -m bench.run --full` "
         "goes on with more deployments in flight until something breaks; `--only breach,cost` runs a part. "
         "Benchmarks are not tests: the suite runs a tiny version of each (`tests/test_bench_smoke.py`) that checks "
         "only that figures come out.",
         "",
     ]
+    out += headline(results)
     if results.breach is not None:
         out += breach_section(results.breach, results.plot)
     if results.carry is not None:

@@ -29,7 +29,7 @@ from bench.carry import CARRY_SETTINGS, CarryConfig, run_carry
 from bench.cost import run_cost
 from bench.overhead import run_overhead
 from bench.plot import plot_breach
-from bench.procs import LoadMeter, machine
+from bench.procs import LoadMeter, machine, polling
 from bench.report import Results, as_dict, write
 from bench.stack import ROOT, StackSettings, bench_stack
 
@@ -56,8 +56,7 @@ async def main(args: argparse.Namespace) -> int:
     if {"overhead", "breach", "cost"} & set(parts):
         say("stack 1: Temporal dev server, sandbox (scrape 1 s), Prometheus, worker")
         meter = LoadMeter()
-        async with bench_stack(workdir / "stack1", StackSettings()) as stack:
-            meter.start()
+        async with bench_stack(workdir / "stack1", StackSettings()) as stack, polling(meter):
             if "overhead" in parts:
                 t = time.monotonic()
                 results.overhead = await run_overhead(stack, runs=args.overhead_runs, say=say)
@@ -81,8 +80,7 @@ async def main(args: argparse.Namespace) -> int:
     if "carry" in parts:
         say("stack 2: a fresh dev server, sandbox for many apps (scrape 5 s), Prometheus, worker")
         meter = LoadMeter()
-        async with bench_stack(workdir / "stack2", CARRY_SETTINGS) as stack:
-            meter.start()
+        async with bench_stack(workdir / "stack2", CARRY_SETTINGS) as stack, polling(meter):
             t = time.monotonic()
             sizes = FULL_SIZES if args.full else tuple(int(x) for x in args.sizes.split(","))
             results.carry = await run_carry(stack, CarryConfig(sizes=sizes, window=args.carry_window), say=say)

@@ -81,3 +81,22 @@ def worker_for_test(
         workflow_failure_exception_types=[Exception],
         **options,
     )
+
+
+async def start_run(env: WorkflowEnvironment, task_queue: str, workflow: Any, spec: Any) -> Any:
+    """Start a deployment run of `spec` with `workflow` (a fresh id), requested by `ci`."""
+    from deploy_models import DeploymentInput
+
+    return await env.client.start_workflow(
+        workflow.run, DeploymentInput(spec=spec, requested_by="ci"), id=f"deploy-{uuid.uuid4()}", task_queue=task_queue
+    )
+
+
+async def until_phase(handle: Any, phase: Any) -> None:
+    """Wait until the run's status query shows `phase`."""
+    from deploy_models import DeploymentStatus
+
+    async def reached() -> bool:
+        return (await handle.query("status", result_type=DeploymentStatus)).phase == phase
+
+    await eventually(reached, what=f"phase {phase}")

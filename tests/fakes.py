@@ -68,14 +68,7 @@ class FakeCluster:
 
     @activity.defn(name="wait_for_rollout")
     async def wait_for_rollout(self, wait: RolloutWait) -> RolloutState:
-        await self._hang(wait.name)
-        if wait.name in self.never_ready or self.deployments.get(wait.name) in self.never_ready:
-            self.actions.append(f"rollout failed {wait.name}")
-            raise ApplicationError(
-                f"Deployment {wait.namespace}/{wait.name} did not become ready by its progress deadline",
-                type="RolloutFailed",
-                non_retryable=True,
-            )
+        await self._fail_if_never_ready(wait, "rollout failed", "become ready")
         self.actions.append(f"ready {wait.name}")
         return RolloutState(
             replicas=3, updated_replicas=3, ready_replicas=3, available_replicas=3, complete=True, message="3 of 3"
@@ -160,6 +153,17 @@ class FakeCluster:
     ready_after: timedelta = timedelta(seconds=3)  # how long after the poll starts the first pod is ready
     routes: list[str] = field(default_factory=list)  # the VirtualService's http routes, by name
 
+    async def _fail_if_never_ready(self, wait: RolloutWait | PodsWait, action: str, what: str) -> None:
+        """Hang for a `hanging` image; fail as the real wait does for a `never_ready` name or image."""
+        await self._hang(wait.name)
+        if wait.name in self.never_ready or self.deployments.get(wait.name) in self.never_ready:
+            self.actions.append(f"{action} {wait.name}")
+            raise ApplicationError(
+                f"Deployment {wait.namespace}/{wait.name} did not {what} by its progress deadline",
+                type="RolloutFailed",
+                non_retryable=True,
+            )
+
     async def _hang(self, name: str) -> None:
         """Pods of a `hanging` image: wait (heartbeating) until the workflow cancels the wait."""
         if self.deployments.get(name) in self.hanging:
@@ -220,14 +224,7 @@ class FakeCluster:
         if wait.until == "gone":
             self.actions.append(f"gone {wait.name}")
             return PodsObserved(at=started + self.gone_after, replicas=0, ready_replicas=0, message="0 pod(s) left")
-        await self._hang(wait.name)
-        if self.deployments.get(wait.name) in self.never_ready:
-            self.actions.append(f"never ready {wait.name}")
-            raise ApplicationError(
-                f"Deployment {wait.namespace}/{wait.name} did not get a first ready pod by its progress deadline",
-                type="RolloutFailed",
-                non_retryable=True,
-            )
+        await self._fail_if_never_ready(wait, "never ready", "get a first ready pod")
         self.actions.append(f"first ready {wait.name} {self.deployments.get(wait.name)}")
         return PodsObserved(at=started + self.ready_after, replicas=3, ready_replicas=1, message="1 of 3 pod(s) ready")
 

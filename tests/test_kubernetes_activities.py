@@ -12,9 +12,15 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.kubernetes import KubernetesActivities
+from activities.kubernetes import KubernetesActivities, deployment_manifest, weighted_route
 from deploy_models import (
+    DeploymentRestore,
+    DeploymentSnapshot,
+    DeploymentTarget,
+    DeploymentUpdate,
     IstioTarget,
+    MatchRoute,
+    PodsWait,
     ObjectRef,
     RolloutWait,
     ScaleRequest,
@@ -300,3 +306,220 @@ async def test_destination_rule_without_the_subsets_is_refused(kube: Kube) -> No
         await kube.run(kube.activities.ensure_routing, TARGET)
     assert caught.value.non_retryable and "no subset(s) v1, v2" in caught.value.message
     assert kube.emulator.get(VIRTUALSERVICES, NS, "myapp") is None
+
+
+# -- A/B: the match route -------------------------------------------------------------------
+
+AB_ROUTE = MatchRoute(
+    target=TARGET,
+    name="tidegate-ab-myapp",
+    match=[{"headers": {"canary": {"exact": "true"}}}, {"headers": {"cookie": {"regex": "^(.*;\\s*)?variant=b(;.*)?$"}}}],
+)
+
+
+def virtual_service(kube: Kube) -> dict[str, Any]:
+    found = kube.emulator.get(VIRTUALSERVICES, NS, "myapp")
+    assert found is not None
+    return found
+
+
+async def test_match_route_is_inserted_first_and_removed_exactly(kube: Kube) -> None:
+    acts = kube.activities
+    await kube.run(acts.ensure_routing, TARGET)
+    await kube.run(acts.set_canary_weight, WeightChange(target=TARGET, weight=10, expected=0))
+    before = virtual_service(kube)["spec"]
+
+    await kube.run(acts.add_match_route, AB_ROUTE)
+    version = virtual_service(kube)["metadata"]["resourceVersion"]
+    await kube.run(acts.add_match_route, AB_ROUTE)  # a retry after success: nothing written
+    assert virtual_service(kube)["metadata"]["resourceVersion"] == version
+    http = virtual_service(kube)["spec"]["http"]
+    assert http[0] == {
+        "name": "tidegate-ab-myapp",
+        "match": AB_ROUTE.match,
+        "route": [{"destination": {"host": "myapp", "subset": "v2"}, "weight": 100}],
+    }
+    assert http[1:] == before["http"]
+    # the primary route is still found, and its weights still move, with the match route first
+    await kube.run(acts.set_canary_weight, WeightChange(target=TARGET, weight=0, expected=10))
+
+    assert await kube.run(acts.remove_match_route, AB_ROUTE) is True
+    assert virtual_service(kube)["spec"]["http"] == [
+        {**before["http"][0], "route": weighted_route(before["http"][0]["route"], TARGET, 0)}
+    ]
+    assert await kube.run(acts.remove_match_route, AB_ROUTE) is False  # already gone
+
+
+async def test_removal_keeps_what_others_changed_meanwhile(kube: Kube) -> None:
+    acts = kube.activities
+    await kube.run(acts.ensure_routing, TARGET)
+    await kube.run(acts.add_match_route, AB_ROUTE)
+    other = {"name": "ops-debug", "match": [{"headers": {"x-debug": {"exact": "1"}}}], "route": route_of(kube, 1)}
+    await acts.custom.patch_namespaced_custom_object(
+        group="networking.istio.io", version="v1", namespace=NS, plural="virtualservices", name="myapp",
+        body=[{"op": "add", "path": "/spec/http/1", "value": other}],
+        _content_type="application/json-patch+json",
+    )
+    assert await kube.run(acts.remove_match_route, AB_ROUTE) is True
+    http = virtual_service(kube)["spec"]["http"]
+    assert [r["name"] for r in http] == ["ops-debug", "primary"] and http[0] == other
+
+
+async def test_match_route_conflicts_are_retryable_and_change_nothing(kube: Kube) -> None:
+    acts = kube.activities
+    await kube.run(acts.ensure_routing, TARGET)
+    before = virtual_service(kube)["spec"]
+    kube.fail_next("patch", VIRTUALSERVICES, status_response(409, "Conflict", "injected"))
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.add_match_route, AB_ROUTE)
+    assert not caught.value.non_retryable and "409" in caught.value.message
+    assert virtual_service(kube)["spec"] == before
+    await kube.run(acts.add_match_route, AB_ROUTE)
+    kube.fail_next("patch", VIRTUALSERVICES, status_response(422, "Invalid", "the test operation failed"))
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.remove_match_route, AB_ROUTE)
+    assert not caught.value.non_retryable  # a failed `test`: re-read and try again
+    assert virtual_service(kube)["spec"]["http"][0]["name"] == "tidegate-ab-myapp"
+
+
+async def test_match_route_needs_the_virtual_service(kube: Kube) -> None:
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(kube.activities.add_match_route, AB_ROUTE)
+    assert caught.value.non_retryable and "does not exist" in caught.value.message
+    assert await kube.run(kube.activities.remove_match_route, AB_ROUTE) is False
+
+
+# -- Rolling and recreate: the app's own Deployment, in place --------------------------------
+
+APP = DeploymentTarget(namespace=NS, name="myapp", app="myapp")
+
+
+def template_of(kube: Kube, name: str = "myapp") -> dict[str, Any]:
+    found = kube.emulator.get(DEPLOYMENTS, NS, name)
+    assert found is not None
+    return found["spec"]["template"]
+
+
+async def users_deployment(kube: Kube, image: str = "myapp:1.0") -> DeploymentSnapshot:
+    """The app's own Deployment, ready, recorded as a run records it."""
+    await kube.run(kube.activities.apply_deployment, workload(image, name="myapp", version="v1"))
+    await kube.run(kube.activities.wait_for_rollout, wait("myapp"))
+    snapshot = await kube.run(kube.activities.read_deployment, APP)
+    assert snapshot is not None
+    return snapshot
+
+
+async def test_rolling_update_records_patches_and_restores_exactly(kube: Kube) -> None:
+    acts = kube.activities
+    assert await kube.run(acts.read_deployment, APP) is None  # missing: a first deployment
+    snapshot = await users_deployment(kube)
+    assert (snapshot.image, snapshot.replicas, snapshot.container, snapshot.version) == ("myapp:1.0", 3, "myapp", "v1")
+    assert snapshot.strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}
+
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    update = DeploymentUpdate(snapshot=snapshot, image="myapp:2.0", strategy=strategy)
+    await kube.run(acts.update_deployment, update)
+    stored = kube.emulator.get(DEPLOYMENTS, NS, "myapp")
+    await kube.run(acts.update_deployment, update)  # a retry after success: nothing written
+    assert kube.emulator.get(DEPLOYMENTS, NS, "myapp")["metadata"]["resourceVersion"] == stored["metadata"]["resourceVersion"]
+    assert stored["spec"]["template"]["spec"]["containers"][0]["image"] == "myapp:2.0"
+    assert stored["spec"]["strategy"] == strategy and stored["spec"]["replicas"] == 3
+    assert (await kube.run(acts.wait_for_rollout, wait("myapp"))).complete
+
+    outcome = await kube.run(acts.restore_deployment, DeploymentRestore(snapshot=snapshot, applied_image="myapp:2.0"))
+    assert outcome.restored and "template" in outcome.message and "strategy" in outcome.message
+    restored = kube.emulator.get(DEPLOYMENTS, NS, "myapp")["spec"]
+    assert restored["template"] == snapshot.template and restored["strategy"] == snapshot.strategy
+    assert (await kube.run(acts.restore_deployment, DeploymentRestore(snapshot=snapshot, applied_image="myapp:2.0"))).restored
+
+
+async def test_crash_looping_rollout_fails_and_the_undo_completes(kube: Kube) -> None:
+    acts = kube.activities
+    snapshot = await users_deployment(kube)
+    await kube.run(acts.update_deployment, DeploymentUpdate(snapshot=snapshot, image="myapp:2.0-crash"))
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.wait_for_rollout, wait("myapp", seconds=0.5))
+    assert caught.value.type == "RolloutFailed" and caught.value.non_retryable
+
+    await kube.run(acts.restore_deployment, DeploymentRestore(snapshot=snapshot, applied_image="myapp:2.0-crash"))
+    state = await kube.run(acts.wait_for_rollout, wait("myapp"))  # the rollback itself is complete
+    assert state.complete and template_of(kube) == snapshot.template
+
+
+async def test_someone_elses_template_is_never_overwritten(kube: Kube) -> None:
+    acts = kube.activities
+    snapshot = await users_deployment(kube)
+    await acts.apps.patch_namespaced_deployment(
+        name="myapp", namespace=NS, _content_type="application/json-patch+json",
+        body=[{"op": "replace", "path": "/spec/template/spec/containers/0/image", "value": "myapp:1.0-hotfix"}],
+    )
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.update_deployment, DeploymentUpdate(snapshot=snapshot, image="myapp:2.0"))
+    assert caught.value.type == "ConcurrentEdit" and caught.value.non_retryable
+    outcome = await kube.run(acts.restore_deployment, DeploymentRestore(snapshot=snapshot, applied_image="myapp:2.0"))
+    assert not outcome.restored and "someone else" in outcome.message
+    assert template_of(kube)["spec"]["containers"][0]["image"] == "myapp:1.0-hotfix"
+
+
+async def test_deployment_patch_conflict_is_retryable_and_changes_nothing(kube: Kube) -> None:
+    acts = kube.activities
+    snapshot = await users_deployment(kube)
+    kube.fail_next("patch", DEPLOYMENTS, status_response(409, "Conflict", "the object has been modified"))
+    update = DeploymentUpdate(snapshot=snapshot, image="myapp:2.0")
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.update_deployment, update)
+    assert not caught.value.non_retryable and "409" in caught.value.message
+    assert template_of(kube) == snapshot.template
+    await kube.run(acts.update_deployment, update)  # the retry succeeds
+    assert template_of(kube)["spec"]["containers"][0]["image"] == "myapp:2.0"
+
+
+async def test_recreate_waits_observe_when_pods_went_and_came(kube: Kube) -> None:
+    acts = kube.activities
+    snapshot = await users_deployment(kube)
+    deadline = datetime.now(timezone.utc) + timedelta(seconds=10)
+    poll = timedelta(milliseconds=20)
+    await kube.run(acts.update_deployment, DeploymentUpdate(snapshot=snapshot, replicas=0))
+    gone = await kube.run(acts.wait_for_pods, PodsWait(namespace=NS, name="myapp", until="gone", deadline=deadline, poll_interval=poll))
+    assert gone.replicas == 0 and gone.message == "0 pod(s) left"
+
+    await kube.run(acts.update_deployment, DeploymentUpdate(snapshot=snapshot, image="myapp:2.0", replicas=3))
+    first = await kube.run(acts.wait_for_pods, PodsWait(namespace=NS, name="myapp", until="firstReady", deadline=deadline, poll_interval=poll))
+    assert first.ready_replicas >= 1
+    # the emulator's pods become ready 0.1 s after the change: the observed gap is that, give or take a poll
+    assert timedelta(seconds=0.05) <= first.at - gone.at <= timedelta(seconds=3)
+
+
+async def test_a_new_version_that_never_gets_ready_fails_at_the_deadline(kube: Kube) -> None:
+    acts = kube.activities
+    snapshot = await users_deployment(kube)
+    def pods(until: str, seconds: float) -> PodsWait:
+        deadline = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+        return PodsWait(namespace=NS, name="myapp", until=until, deadline=deadline, poll_interval=timedelta(milliseconds=20))
+
+    await kube.run(acts.update_deployment, DeploymentUpdate(snapshot=snapshot, replicas=0))
+    await kube.run(acts.wait_for_pods, pods("gone", 10))
+    await kube.run(acts.update_deployment, DeploymentUpdate(snapshot=snapshot, image="myapp:2.0-crash", replicas=3))
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.wait_for_pods, pods("firstReady", 0.5))
+    assert caught.value.type == "RolloutFailed" and "0 of 3 pod(s) ready" in caught.value.message
+    outcome = await kube.run(acts.restore_deployment, DeploymentRestore(snapshot=snapshot, applied_image="myapp:2.0-crash"))
+    assert outcome.restored and "replicas" not in outcome.message  # replicas were already 3 again
+    assert template_of(kube) == snapshot.template
+
+
+async def test_the_container_to_update_is_chosen_or_named(kube: Kube) -> None:
+    manifest = deployment_manifest(workload(name="shop", version="v1"))
+    manifest["spec"]["template"]["spec"]["containers"] = [
+        {"name": "proxy", "image": "envoy:1.30"},
+        {"name": "web", "image": "shop:1.0"},
+    ]
+    await kube.activities.apps.create_namespaced_deployment(namespace=NS, body=manifest)
+    target = DeploymentTarget(namespace=NS, name="shop", app="shop")
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(kube.activities.read_deployment, target)
+    assert caught.value.non_retryable and "proxy, web" in caught.value.message and "container" in caught.value.message
+    snapshot = await kube.run(kube.activities.read_deployment, target.model_copy(update={"container": "web"}))
+    assert (snapshot.container, snapshot.container_index, snapshot.image) == ("web", 1, "shop:1.0")
+    with pytest.raises(ApplicationError, match="has no container 'db'"):
+        await kube.run(kube.activities.read_deployment, target.model_copy(update={"container": "db"}))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -11,8 +10,8 @@ import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from deploy_models import Decision, DeploymentInput, DeploymentResult, Outcome, Phase, parse_spec
-from tests.conftest import eventually, worker_for_test
+from deploy_models import Decision, DeploymentResult, Outcome, Phase, parse_spec
+from tests.conftest import start_run, until_phase, worker_for_test
 from tests.fakes import FakeCluster
 from workflows.recreate import RecreateWorkflow
 
@@ -51,19 +50,7 @@ async def cluster(time_skipping_env: WorkflowEnvironment, task_queue: str) -> As
 
 
 async def start(env: WorkflowEnvironment, task_queue: str, deployment_spec: Any = None) -> WorkflowHandle[Any, DeploymentResult]:
-    return await env.client.start_workflow(
-        RecreateWorkflow.run,
-        DeploymentInput(spec=deployment_spec or spec(), requested_by="ci"),
-        id=f"deploy-{uuid.uuid4()}",
-        task_queue=task_queue,
-    )
-
-
-async def until(handle: WorkflowHandle[Any, Any], phase: Phase) -> None:
-    async def reached() -> bool:
-        return (await handle.query(RecreateWorkflow.status)).phase == phase
-
-    await eventually(reached, what=f"phase {phase}")
+    return await start_run(env, task_queue, RecreateWorkflow, deployment_spec or spec())
 
 
 async def test_recreate_reports_the_downtime(time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster) -> None:
@@ -124,7 +111,7 @@ async def test_abort_while_the_new_version_starts(
 ) -> None:
     cluster.hanging.add("myapp:2.0")
     handle = await start(time_skipping_env, task_queue)
-    await until(handle, Phase.ROLLING_OUT)
+    await until_phase(handle, Phase.ROLLING_OUT)
     status = await handle.query(RecreateWorkflow.status)
     assert status.downtime is not None and status.downtime.ended_at is None  # shown while it lasts
     await handle.signal(RecreateWorkflow.abort, Decision(by="dave", reason="too long"))
@@ -139,7 +126,7 @@ async def test_pause_is_a_durable_approval(
     time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
 ) -> None:
     handle = await start(time_skipping_env, task_queue, spec(pause={}))
-    await until(handle, Phase.AWAITING_APPROVAL)
+    await until_phase(handle, Phase.AWAITING_APPROVAL)
     await time_skipping_env.sleep(timedelta(minutes=30))
     await handle.signal(RecreateWorkflow.rollback, Decision(by="erin", reason="customers complain"))
     result = await handle.result()
@@ -150,7 +137,7 @@ async def test_pause_is_a_durable_approval(
 
 async def test_timed_pause_then_finish(time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster) -> None:
     handle = await start(time_skipping_env, task_queue, spec(pause={"duration": "15m"}))
-    await until(handle, Phase.OBSERVING)
+    await until_phase(handle, Phase.OBSERVING)
     status = await handle.query(RecreateWorkflow.status)
     assert status.timer_ends_at is not None
     result = await handle.result()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -11,8 +10,8 @@ import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from deploy_models import Decision, DeploymentInput, DeploymentResult, Outcome, Phase, parse_spec
-from tests.conftest import eventually, worker_for_test
+from deploy_models import Decision, DeploymentResult, Outcome, Phase, parse_spec
+from tests.conftest import start_run, until_phase, worker_for_test
 from tests.fakes import FakeCluster
 from workflows.rolling import RollingWorkflow
 
@@ -49,19 +48,7 @@ async def cluster(time_skipping_env: WorkflowEnvironment, task_queue: str) -> As
 
 
 async def start(env: WorkflowEnvironment, task_queue: str, deployment_spec: Any = None) -> WorkflowHandle[Any, DeploymentResult]:
-    return await env.client.start_workflow(
-        RollingWorkflow.run,
-        DeploymentInput(spec=deployment_spec or spec(), requested_by="ci"),
-        id=f"deploy-{uuid.uuid4()}",
-        task_queue=task_queue,
-    )
-
-
-async def until(handle: WorkflowHandle[Any, Any], phase: Phase) -> None:
-    async def reached() -> bool:
-        return (await handle.query(RollingWorkflow.status)).phase == phase
-
-    await eventually(reached, what=f"phase {phase}")
+    return await start_run(env, task_queue, RollingWorkflow, deployment_spec or spec())
 
 
 async def test_rolling_update_succeeds(time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster) -> None:
@@ -110,7 +97,7 @@ async def test_analysis_window_is_measured_and_a_breach_undoes(
 ) -> None:
     # healthy: measured every 30 s for the whole 5-minute window (a durable timer)
     handle = await start(time_skipping_env, task_queue, spec(analysis={}, analysisWindow="5m"))
-    await until(handle, Phase.ANALYSING)
+    await until_phase(handle, Phase.ANALYSING)
     status = await handle.query(RollingWorkflow.status)
     assert status.timer_ends_at is not None
     result = await handle.result()
@@ -131,7 +118,7 @@ async def test_abort_during_the_rollout_undoes_it(
 ) -> None:
     cluster.hanging.add("myapp:2.0")  # pods that take forever
     handle = await start(time_skipping_env, task_queue)
-    await until(handle, Phase.ROLLING_OUT)
+    await until_phase(handle, Phase.ROLLING_OUT)
     await handle.signal(RollingWorkflow.abort, Decision(by="bob", reason="wrong build"))
     result = await handle.result()
 
@@ -145,7 +132,7 @@ async def test_pause_waits_for_approval_and_abort_there_undoes(
     time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
 ) -> None:
     handle = await start(time_skipping_env, task_queue, spec(pause={}))
-    await until(handle, Phase.AWAITING_APPROVAL)
+    await until_phase(handle, Phase.AWAITING_APPROVAL)
     await time_skipping_env.sleep(timedelta(minutes=30))  # a durable wait: nothing happens meanwhile
     assert (await handle.query(RollingWorkflow.status)).phase == Phase.AWAITING_APPROVAL
     await handle.signal(RollingWorkflow.approve, Decision(by="alice", reason="looks good"))
@@ -155,7 +142,7 @@ async def test_pause_waits_for_approval_and_abort_there_undoes(
 
     cluster.deployments["myapp"] = "myapp:1.0"
     handle = await start(time_skipping_env, task_queue, spec(pause={}))
-    await until(handle, Phase.AWAITING_APPROVAL)
+    await until_phase(handle, Phase.AWAITING_APPROVAL)
     await handle.signal(RollingWorkflow.abort, Decision(by="carol"))
     result = await handle.result()
     assert result.outcome == Outcome.ABORTED and cluster.actions[-2:] == [UNDONE, "ready myapp"]

@@ -66,7 +66,7 @@ class AbTestWorkflow(CanaryWorkflow):
 
     @workflow.run
     async def run(self, deployment: DeploymentInput) -> DeploymentResult:
-        return await self.settle(self._steps, self._compensate)
+        return await self.settle(self._steps, self._roll_back)
 
     async def _steps(self) -> DeploymentResult:
         spec, settings = self.spec, self.spec.ab_test
@@ -133,9 +133,6 @@ class AbTestWorkflow(CanaryWorkflow):
             f"VirtualService {self.target.virtual_service}: {self.route.name} "
             + ("removed" if removed else "was already gone"),
         )
-
-    async def _compensate(self, reason: str) -> None:
-        await self._roll_back(reason)
 
 
 def plan(spec: DeploymentSpec) -> list[str]:

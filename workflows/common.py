@@ -358,18 +358,25 @@ class DeploymentWorkflow:
     ) -> RolloutState:
         """Wait until a Deployment's rollout completes, failing `deadline` from now."""
         wait = RolloutWait(namespace=namespace, name=name, deadline=workflow.now() + deadline)
-        state = await self.await_step(
-            f"rollout of {name}",
+        state = await self.poll(f"rollout of {name}", KubernetesActivities.wait_for_rollout, wait, "be ready", interruptible)
+        self.record("rollout", f"{name} ready: {state.message}")
+        return state
+
+    async def poll(
+        self, step: str, method: Callable[..., Awaitable[T]], wait: Any, what: str, interruptible: bool = True
+    ) -> T:
+        """Run an activity that polls Deployment `wait.name` until it does `what`, by `wait.deadline`."""
+        deadline = wait.deadline - workflow.now()
+        return await self.await_step(
+            step,
             workflow.execute_activity_method(
-                KubernetesActivities.wait_for_rollout,
+                method,
                 wait,
-                summary=f"wait for {name} to be ready (deadline {format_duration(deadline)})",
+                summary=f"wait for {wait.name} to {what} (deadline {format_duration(deadline)})",
                 **polling(deadline),
             ),
             interruptible,
         )
-        self.record("rollout", f"{name} ready: {state.message}")
-        return state
 
     async def smoke(self, smoke: SmokeTest | None, **placeholders: str) -> SmokeResult | None:
         """The HTTP smoke test: `retries` further attempts, `interval` apart, then a verdict."""

@@ -15,7 +15,7 @@ from typing import Literal
 from temporalio import workflow
 
 from workflows.analysis import Variants
-from workflows.common import DeploymentWorkflow, StepFailed, pause_plan, polling, smoke_plan, workload_spec
+from workflows.common import DeploymentWorkflow, StepFailed, pause_plan, smoke_plan, workload_spec
 
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
@@ -52,7 +52,8 @@ class InPlaceWorkflow(DeploymentWorkflow):
     created: bool  # a first deployment: tidegate created the Deployment
     changed: bool  # a write was (perhaps) made: compensation puts the record back
 
-    def _begin_in_place(self, deployment: DeploymentInput) -> None:
+    @workflow.init
+    def __init__(self, deployment: DeploymentInput) -> None:
         self._begin(deployment)
         spec = self.spec
         self.settings = spec.in_place
@@ -117,16 +118,8 @@ class InPlaceWorkflow(DeploymentWorkflow):
         """Wait until the Deployment's pods are all gone, or its first new pod is ready."""
         what = "have no pod left" if until == "gone" else "have a first ready pod"
         wait = PodsWait(namespace=self.target.namespace, name=self.name, until=until, deadline=workflow.now() + deadline)
-        observed = await self.await_step(
-            f"waiting for {self.name} to {what}",
-            workflow.execute_activity_method(
-                KubernetesActivities.wait_for_pods,
-                wait,
-                summary=f"wait for {self.name} to {what} (deadline {format_duration(deadline)})",
-                **polling(deadline),
-            ),
-            interruptible,
-        )
+        step = f"scale-down of {self.name}" if until == "gone" else f"rollout of {self.name}"
+        observed = await self.poll(step, KubernetesActivities.wait_for_pods, wait, what, interruptible)
         self.record("pods", f"{self.name}: {observed.message} at {observed.at.isoformat(timespec='seconds')}")
         return observed
 

@@ -35,10 +35,6 @@ with workflow.unsafe.imports_passed_through():
 
 @workflow.defn(name="RecreateDeployment")
 class RecreateWorkflow(InPlaceWorkflow):
-    @workflow.init
-    def __init__(self, deployment: DeploymentInput) -> None:
-        self._begin_in_place(deployment)
-
     @workflow.run
     async def run(self, deployment: DeploymentInput) -> DeploymentResult:
         return await self.settle(self._steps, self.undo)
@@ -63,12 +59,13 @@ class RecreateWorkflow(InPlaceWorkflow):
         gone = await self.wait_for_pods("gone", deadline)
         self._downtime_began(gone.at)
 
-        self.set_phase(Phase.ROLLING_OUT, f"starting {snapshot.replicas} pod(s) of {spec.image}")
+        replicas = snapshot.replicas or spec.replicas  # (a Deployment that was scaled to 0 gets the spec's)
+        self.set_phase(Phase.ROLLING_OUT, f"starting {replicas} pod(s) of {spec.image}")
         await self.kubernetes(
             "start the new version",
             KubernetesActivities.update_deployment,
-            DeploymentUpdate(snapshot=snapshot, image=spec.image, replicas=snapshot.replicas),
-            summary=f"set {self.name}'s {snapshot.container} image to {spec.image}, {snapshot.replicas} replicas",
+            DeploymentUpdate(snapshot=snapshot, image=spec.image, replicas=replicas),
+            summary=f"set {self.name}'s {snapshot.container} image to {spec.image}, {replicas} replicas",
         )
         end = workflow.now() + deadline
         first = await self.wait_for_pods("firstReady", deadline)
@@ -89,7 +86,8 @@ class RecreateWorkflow(InPlaceWorkflow):
 
     async def wait_until_restored(self) -> None:
         """The old version back: its first pod ends the downtime if the new one never served."""
-        if self.downtime is not None and self.downtime.ended_at is None:
+        assert self.snapshot is not None
+        if self.downtime is not None and self.downtime.ended_at is None and self.snapshot.replicas > 0:
             first = await self.wait_for_pods("firstReady", self.settings.progress_deadline, interruptible=False)
             self._downtime_ended(first.at)
         await super().wait_until_restored()
@@ -104,7 +102,7 @@ def plan(spec: DeploymentSpec) -> list[str]:
         f"record Deployment {name} as it is: pod template, replicas "
         f"(missing: create it with {spec.replicas} replicas, a first deployment, no downtime)",
         f"scale {name} to 0 and wait until no pod is left (deadline {deadline}): the downtime begins",
-        f"set its image to {spec.image} with the recorded replicas; wait for the first ready pod "
+        f"set its image to {spec.image} with the recorded replicas (if 0: {spec.replicas}); wait for the first ready pod "
         f"(the downtime ends: measured and reported) and the whole rollout (progress deadline {deadline})",
         *in_place_plan(spec, settings),
         "on a failure, abort or cancellation: the old version back (recorded image and replicas), "

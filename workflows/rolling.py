@@ -26,10 +26,6 @@ def strategy_text(spec: DeploymentSpec) -> str:
 
 @workflow.defn(name="RollingDeployment")
 class RollingWorkflow(InPlaceWorkflow):
-    @workflow.init
-    def __init__(self, deployment: DeploymentInput) -> None:
-        self._begin_in_place(deployment)
-
     @workflow.run
     async def run(self, deployment: DeploymentInput) -> DeploymentResult:
         return await self.settle(self._steps, self.undo)
