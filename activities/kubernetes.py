@@ -41,6 +41,7 @@ from deploy_models import (
 
 MANAGED_BY = {"app.kubernetes.io/managed-by": "tidegate"}
 JSON_PATCH = "application/json-patch+json"
+CONFLICT_ATTEMPTS = 3
 MERGE_PATCH = "application/merge-patch+json"
 ISTIO_GROUP, ISTIO_VERSION = "networking.istio.io", "v1"
 # Statuses a retry can fix: a concurrent edit (409), a failed JSON Patch `test` (422 from the
@@ -297,17 +298,22 @@ class KubernetesActivities:
         """Create the Deployment, or replace it at the resourceVersion just read."""
         manifest = deployment_manifest(workload)
         ref = ObjectRef(namespace=workload.namespace, name=workload.name)
-        existing = await self._read(self.apps.read_namespaced_deployment, ref)
-        try:
-            if existing is None:
-                await self.apps.create_namespaced_deployment(namespace=workload.namespace, body=manifest)
-            else:
-                manifest["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
-                await self.apps.replace_namespaced_deployment(
-                    name=workload.name, namespace=workload.namespace, body=manifest
-                )
-        except ApiException as error:
-            raise api_error(error, f"apply Deployment {workload.namespace}/{workload.name}") from None
+        # The controller's status writes move the resourceVersion too: re-read and retry a
+        # conflict a few times here (as client-go's RetryOnConflict) before Temporal's retry.
+        for attempt in range(CONFLICT_ATTEMPTS):
+            existing = await self._read(self.apps.read_namespaced_deployment, ref)
+            try:
+                if existing is None:
+                    await self.apps.create_namespaced_deployment(namespace=workload.namespace, body=manifest)
+                else:
+                    manifest["metadata"]["resourceVersion"] = existing["metadata"]["resourceVersion"]
+                    await self.apps.replace_namespaced_deployment(
+                        name=workload.name, namespace=workload.namespace, body=manifest
+                    )
+                return
+            except ApiException as error:
+                if error.status != 409 or attempt == CONFLICT_ATTEMPTS - 1:
+                    raise api_error(error, f"apply Deployment {workload.namespace}/{workload.name}") from None
 
     async def _poll(
         self, wait: RolloutWait | PodsWait, what: str, progress: Any

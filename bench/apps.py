@@ -67,7 +67,8 @@ async def create_seed_routing(api: kube_client.ApiClient, app: str) -> None:
     core, custom = kube_client.CoreV1Api(api), kube_client.CustomObjectsApi(api)
     target = istio_target(app)
     await core.create_namespaced_service(NAMESPACE, service_manifest(app))
-    for plural, body in (("destinationrules", destination_rule_manifest(target)), ("virtualservices", virtual_service_manifest(target))):
+    routing = (("destinationrules", destination_rule_manifest(target)), ("virtualservices", virtual_service_manifest(target)))
+    for plural, body in routing:
         await custom.create_namespaced_custom_object(ISTIO_GROUP, ISTIO_VERSION, NAMESPACE, plural, body)
 
 

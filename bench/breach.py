@@ -118,7 +118,6 @@ class Watcher:
 
     def __init__(self, stack: Stack, runs: list[BreachRun]) -> None:
         self.stack, self.runs = stack, runs
-        self.changed = asyncio.Event()
 
     async def run(self) -> None:
         traffic, stack = self.stack.traffic, self.stack
@@ -134,7 +133,6 @@ class Watcher:
                 run.samples.append((now, weight, requests, errors))
                 if weight > 0 and run.weighted_at is None:
                     run.weighted_at = now
-                    self.changed.set()
                 elif weight == 0 and run.weighted_at is not None and run.weight_zero is None:
                     run.weight_zero = now
             await asyncio.sleep(POLL)

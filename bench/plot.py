@@ -79,9 +79,11 @@ def plot_breach(result: BreachResult, path: Path) -> Path | None:
     for axis in (top, bottom, total):
         axis.axvline(0, color="black", linestyle="--", linewidth=1.2)
         axis.grid(True, alpha=0.3)
-    top.annotate("breach: the canary's first 5xx", xy=(0, 90), xytext=(0.01 * (end - start), 90), fontsize=8)
+    top.annotate("breach: the canary's first 5xx", xy=(0, 0), xytext=(0.01 * (end - start), 0.92), fontsize=8,
+                 textcoords=("data", "axes fraction"))
     top.set_ylabel("canary weight (%)")
-    top.set_ylim(-3, 105)
+    highest = max((w for _, _, run in chosen for _, w, _, _ in run.samples), default=100)
+    top.set_ylim(-2, min(105, highest * 1.25 + 2))
     top.legend(loc="upper right", fontsize=8, title="rollback (dotted)", title_fontsize=8)
     bottom.set_ylabel(f"canary 5xx share, last {ERROR_WINDOW:g}s (%)")
     bottom.axhline(1.0, color="grey", linewidth=0.8)

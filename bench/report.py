@@ -41,8 +41,11 @@ def s(value: float | None, digits: int | None = None) -> str:
 
 
 def ms(value: float | None) -> str:
+    """Milliseconds below a second, seconds above."""
     if value is None or math.isnan(value):
         return "–"
+    if value >= 0.9995:
+        return s(value)
     return f"{value * 1000:.0f} ms" if value >= 0.0095 else f"{value * 1000:.1f} ms"
 
 
@@ -93,7 +96,8 @@ def breach_section(result: BreachResult, plot: Path | None) -> list[str]:
         f"* **tidegate**: the seed's plan (setWeight 5/25/50/100, each followed by `pause: {{duration: {config.window:g}s}}`) "
         "with the default checks (error rate ≤ 1% and p99 ≤ 1 s of the canary's own requests, `rate(...[1m])`), "
         f"`inconclusiveLimit: {config.inconclusive_limit}` (the first seconds at 5% have no canary request yet); "
-        f"{config.runs} runs per interval, all at once, one worker.",
+        f"{config.runs} runs per interval, all at once, one worker (the cost benchmark's runs, one at a time, went on "
+        "beside them on the same stack).",
         "* **seed**: the seed's `canary_controller.py` ([bench/seed_canary.py](../bench/seed_canary.py)): set the weight, "
         "sleep the whole window, check once with the seed's queries (error ratio over `[5m]` of the whole app, p99 "
         "without `sum by (le)`), roll back to 0 if unhealthy; same sandbox, same Prometheus, at the same time. Its "
@@ -161,7 +165,8 @@ def breach_section(result: BreachResult, plot: Path | None) -> list[str]:
                 stage = run.reason.split("%")[0].rsplit(" ", 1)[-1]
                 at[stage] = at.get(stage, 0) + 1
         where = ", ".join(
-            f"at {stage}% in {count} run{'s' if count > 1 else ''}" for stage, count in sorted(at.items(), key=lambda kv: float(kv[0]))
+            f"at {stage}% in {count} run{'s' if count > 1 else ''}"
+            for stage, count in sorted(at.items(), key=lambda kv: float(kv[0]))
         )
         out += [
             f"The seed's script is bounded by its window instead: it looks once, at the end of the window the breach "
@@ -200,13 +205,18 @@ def breach_section(result: BreachResult, plot: Path | None) -> list[str]:
             n(statistics.median(bad)) if bad else "–", n(percentile(bad, 0.9)) if bad else "–", n(max(bad)) if bad else "–",
             n(statistics.median(errors)) if errors else "–", n(sum(errors)), ratio,
         ])
-    out += table(["", "answered by the bad version, median", "p90", "max", "5xx, median", "5xx, all runs", "seed's median ÷ this median"], rows)
+    out += table(
+        ["", "answered by the bad version, median", "p90", "max", "5xx, median", "5xx, all runs",
+         "seed's median ÷ this median"],
+        rows,
+    )
     if plot is not None:
         out += [
             f"![canary weight and error rate over time, tidegate and the seed]({plot.name})",
             "",
             f"*{plot.name}*: the median run of each configuration, aligned on its breach (dashed); dotted lines are the "
-            "rollbacks. Top: the canary's weight. Bottom: the canary's 5xx share over the last 5 s (the sandbox's counters).",
+            "rollbacks. Top: the canary's weight. Middle: the canary's 5xx share over the last 5 s, while it has traffic. "
+            "Bottom: the 5xx it answered since the breach. All from the sandbox's counters and the stored weights.",
             "",
         ]
     return out
@@ -268,7 +278,8 @@ def carry_section(result: CarryResult) -> list[str]:
         total_ramp = sum(u.cpu_percent for u in last.ramp_usage.values())
         out += [
             f"At N = {n(last.n)}, in steady state the worker used {last.usage['worker'].cpu_percent:.0f}% of a core "
-            f"and {mib(last.usage['worker'].peak_rss)} (its peak over the whole run: {mib(last.worker_hwm)}); the busiest process was the "
+            f"and {mib(last.usage['worker'].peak_rss)} (its peak over the whole run: {mib(last.worker_hwm)}); "
+            "the busiest process was the "
             f"{steady[0]} ({steady[1].cpu_percent:.0f}%). While the new deployments were being set up the busiest was "
             f"the {ramp[0]} ({ramp[1].cpu_percent:.0f}%), and the processes of the benchmark together used "
             f"{total_ramp:.0f}% of the {result_cores() * 100}% the machine has."
@@ -329,7 +340,9 @@ def cost_section(result: CostResult, interval: float = 30.0) -> list[str]:
         "timers cost no wall time, activities still run for real against the sandbox and Prometheus, and the history "
         "holds the same events it would on a real server. Kubernetes requests are those the emulator served about "
         "the app's objects during the run; Prometheus queries are those the `measure` activities sent (their inputs, "
-        "from the history, times their attempts). The cost runs went on beside the breach runs (counted per app).",
+        "from the history, times their attempts). The Kubernetes GETs include the rollout polls (the worker reads the "
+        "Deployment every second until it is ready; the emulator's pods get ready in 0.5 s). The cost runs went on "
+        "beside the breach runs (counted per app).",
         "",
     ]
     rows = []
@@ -341,11 +354,13 @@ def cost_section(result: CostResult, interval: float = 30.0) -> list[str]:
             str(cost.activities), str(cost.timers), f"{cost.kube_requests} ({verbs})" if verbs else "0",
             str(cost.prometheus_queries), str(cost.measurements), s(cost.wall_seconds),
         ])
+    for strategy, why in result.failed.items():
+        rows.append([strategy, f"no figures: {why}", *["–"] * 9])
     if result.seed is not None:
         seed = result.seed
         verbs = ", ".join(f"{count} {verb}" for verb, count in sorted(seed["kube_by_verb"].items()))
         rows.append([
-            "seed's script (canary, for comparison)", seed["outcome"], "–", "–", "–", "–", "–",
+            "seed's script (canary, windows of 0 s, for comparison)", seed["outcome"], "–", "–", "–", "–", "–",
             f"{seed['kube_requests']} ({verbs})", str(seed["prometheus_queries"]), str(seed["checks"]), s(seed["wall_seconds"]),
         ])
     out += table(
@@ -364,14 +379,26 @@ def cost_section(result: CostResult, interval: float = 30.0) -> list[str]:
             f"Temporal warns at 10,240 events (or 10 MiB) in one history and terminates the run at 51,200 events (50 MiB). "
             f"Each analysis measurement adds {events:.0f} events and {size / 1024:.1f} KiB (timer, workflow tasks, the "
             f"`measure` activity and its result; measured between consecutive measurements of the canary run). A default "
-            f"deployment stays far below: the canary's whole seed plan is {100 * marginal['canary_events'] / HISTORY_EVENTS_WARN:.0f}% "
+            "deployment stays far below: the canary's whole seed plan is "
+            f"{100 * marginal['canary_events'] / HISTORY_EVENTS_WARN:.0f}% "
             f"of the warning. What reaches it is a long wait with analysis: a `pause: {{}}` waiting for approval, "
             f"measured every {interval:g} s, crosses the warning after about **{hours_warn:.1f} hours** and is terminated "
-            f"after about **{hours_error:.0f} hours** (the size warning would come after {hours_bytes:.0f} hours); "
-            f"tidegate does not continue-as-new, so a pause meant to last days needs a longer interval.",
+            f"after about **{hours_error:.0f} hours** (the size warning would come after {hours_bytes:.0f} hours)"
+            + (
+                "; tidegate's workflows do not continue-as-new, so a pause meant to last days needs a longer interval."
+                if not continues_as_new() else
+                " if nothing continued it as new."
+            ),
             "",
         ]
     return out
+
+
+def continues_as_new() -> bool:
+    """Whether any of tidegate's workflows continues as new (then histories restart)."""
+    from bench.stack import ROOT
+
+    return any("continue_as_new" in path.read_text(encoding="utf-8") for path in (ROOT / "workflows").glob("*.py"))
 
 
 # -- overhead -------------------------------------------------------------------------------
@@ -391,17 +418,20 @@ def overhead_section(result: OverheadResult) -> list[str]:
         "## 5. Overhead",
         "",
         f"A canary of the seed's plan with zero-length pauses and no analysis (setWeight 5, pause 0s, … setWeight 100, "
-        f"pause 0s), {len(runs)} runs one after another on the dev server while nothing else runs; the stable version "
-        "exists. From each run's history:",
+        f"pause 0s), {len(runs)} runs one after another on the dev server before the other benchmarks start; the "
+        "stable version exists. From each run's history:",
         "",
     ]
+    def spread(values: list[float]) -> list[str]:
+        return [ms(statistics.median(values)), ms(percentile(values, 0.9)), ms(max(values))]
+
     out += table(["", "median", "p90", "max"], [
         ["end to end (start → result, client side)", s(statistics.median(wall)), s(percentile(wall, 0.9)), s(max(wall))],
         ["… of which waiting for the two rollouts", s(statistics.median(rollout)), s(percentile(rollout, 0.9)), s(max(rollout))],
-        ["one step (setWeight N + pause 0s: completion to completion)", ms(statistics.median(steps)), ms(percentile(steps, 0.9)), ms(max(steps))],
-        ["between two activities (completed → next started)", ms(statistics.median(gaps)), ms(percentile(gaps, 0.9)), ms(max(gaps))],
-        ["activity schedule-to-start (started eagerly, in the workflow task's reply)", ms(statistics.median(s2s)), ms(percentile(s2s, 0.9)), ms(max(s2s))],
-        ["workflow task (scheduled → completed)", ms(statistics.median(wft)), ms(percentile(wft, 0.9)), ms(max(wft))],
+        ["one step (setWeight N + pause 0s: completion to completion)", *spread(steps)],
+        ["between two activities (completed → next started)", *spread(gaps)],
+        ["activity schedule-to-start (started eagerly, in the workflow task's reply)", *spread(s2s)],
+        ["workflow task (scheduled → completed)", *spread(wft)],
     ])
     medians = result.activity_medians()
     out += [
@@ -482,7 +512,7 @@ def render(results: Results) -> str:
         "Every figure below was measured by the run described here; the page is written by it.",
         "",
         f"Generated by `{results.command}` on {results.started:%Y-%m-%d %H:%M} UTC in {results.wall_seconds / 60:.1f} minutes"
-        + (" (" + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in results.phases.items()) + ")." if results.phases else "."),
+        + (" (" + ", ".join(f"{name} {took:.0f} s" for name, took in results.phases.items()) + ")." if results.phases else "."),
         "",
         "| machine | |",
         "|---|---|",

@@ -95,13 +95,19 @@ async def main(args: argparse.Namespace) -> int:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.run", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--only", help=f"comma-separated parts to run (default all: {','.join(PARTS)})")
-    parser.add_argument("--full", action="store_true", help=f"carry: sizes {', '.join(map(str, FULL_SIZES))} until something breaks")
+    parser.add_argument(
+        "--full", action="store_true", help=f"carry: sizes {', '.join(map(str, FULL_SIZES))} until something breaks"
+    )
     parser.add_argument("--sizes", default="100,300,1000", help="carry: deployments in flight per stage (default 100,300,1000)")
     parser.add_argument("--carry-window", type=float, default=75.0, help="carry: steady seconds watched per stage (default 75)")
     parser.add_argument("--breach-runs", type=int, default=12, help="breach: runs per configuration (default 12)")
-    parser.add_argument("--window", type=float, default=60.0, help="breach: seconds each weight is held, both algorithms (default 60)")
+    parser.add_argument(
+        "--window", type=float, default=60.0, help="breach: seconds each weight is held, both algorithms (default 60)"
+    )
     parser.add_argument("--overhead-runs", type=int, default=6, help="overhead: zero-pause canaries (default 6)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"), help="the page to write (the plot goes beside it)")
     parser.add_argument("--workdir", default=str(ROOT / ".bench"), help="stacks' files and results.json (emptied first)")

@@ -60,8 +60,8 @@ class BenchCluster(ClusterEmulator):
     thousand deployments' worth of API calls never ends. The log is there for tests that inject
     faults into the next N requests; the benchmarks inject none. A request is matched to its
     reaction right after it is logged, before anything else runs, so the bench empties the log
-    as each new request comes in, and the API's latency stays flat. `served` records (method, path) of every
-    request, for the cost benchmark.
+    as each new request comes in, and the API's latency stays flat. `served` records the method,
+    path and (for a POST) created name of every request, for the cost benchmark.
     """
 
     served: list[tuple[str, str, str]]

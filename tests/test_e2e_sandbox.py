@@ -98,7 +98,9 @@ def canary(app: str, image: str, steps: list[dict[str, Any]], sandbox: Sandbox) 
             "interval": f"{INTERVAL_SECONDS}s",
             "inconclusiveLimit": 10,
             "checks": [
-                {"name": "error-rate", "query": ERROR_RATE, "max": 0.01},
+                # 0.05: the sandbox's good versions fail 0.1% of requests, which over a 10 s window of a
+                # few dozen requests can read as a few percent; a `-bad` version fails 20%.
+                {"name": "error-rate", "query": ERROR_RATE, "max": 0.05},
                 {
                     "name": "p99-latency",
                     "query": 'histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{app="{{app}}",version="{{version}}"}[10s])))',
@@ -122,7 +124,7 @@ async def test_bad_canary_is_rolled_back_within_interval_window_and_scrape(stack
     result = await asyncio.wait_for((await stack.deploy(document)).result(), timeout=120)
 
     assert result.outcome == Outcome.ROLLED_BACK
-    assert "error-rate" in result.reason and "above 0.01" in result.reason
+    assert "error-rate" in result.reason and "above 0.05" in result.reason
     assert weights(stack, "cart") == [100, 0]
     assert stack.get(DEPLOYMENTS, "cart-canary")["spec"]["replicas"] == 0
     assert stack.get(DEPLOYMENTS, "cart-stable")["spec"]["template"]["spec"]["containers"][0]["image"] == "cart:1.0"

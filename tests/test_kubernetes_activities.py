@@ -126,7 +126,7 @@ async def test_rollout_wait_stops_at_the_workflow_deadline(kube: Kube) -> None:
 
 async def test_concurrent_replace_is_retried_not_overwritten(kube: Kube) -> None:
     await kube.run(kube.activities.apply_deployment, workload())
-    kube.fail_next("put", DEPLOYMENTS, status_response(409, "Conflict", "the object has been modified"))
+    kube.fail_next("put", DEPLOYMENTS, status_response(409, "Conflict", "the object has been modified"), times=3)
     with pytest.raises(ApplicationError) as caught:
         await kube.run(kube.activities.apply_deployment, workload("myapp:1.1"))
     assert not caught.value.non_retryable and "409" in caught.value.message

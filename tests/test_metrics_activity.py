@@ -177,7 +177,8 @@ async def test_hung_prometheus_cannot_block_past_the_timeout(broken_prometheus: 
     results = await run(url, MetricQuery(name="a", query="up"), MetricQuery(name="b", query="up"), timeout=0.3)
 
     assert time.monotonic() - started < 1.0  # queries run side by side, each within the timeout
-    assert [result.error for result in results] == [
-        f"a: {url} did not answer within 0.3s",
-        f"b: {url} did not answer within 0.3s",
-    ]
+    # Either the overall deadline or the socket's read timeout (also 0.3 s) ends each query first.
+    for name, result in zip("ab", results):
+        assert result.value is None and result.error is not None
+        assert result.error.startswith(f"{name}: {url} ")
+        assert "did not answer within 0.3s" in result.error or "read timeout=0.3" in result.error
