@@ -24,10 +24,18 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.apps import NAMESPACE, create_seed_routing, create_seed_workloads, create_stable, gather_limited, wait_ready
+from bench.apps import (
+    NAMESPACE,
+    create_seed_routing,
+    create_seed_workloads,
+    create_stable,
+    gather_limited,
+    wait_ready,
+)
 from bench.history import Timeline, fetch_timeline
 from bench.seed_canary import CanaryController
 from bench.stack import Stack
@@ -164,9 +172,9 @@ async def run_tidegate(stack: Stack, run: BreachRun, config: BreachConfig) -> No
         run.failing_measurement = before[-1] if before else None
 
 
-async def run_seed(stack: Stack, run: BreachRun, config: BreachConfig) -> None:
+async def run_seed(stack: Stack, run: BreachRun, config: BreachConfig, threads: ThreadPoolExecutor) -> None:
     controller = CanaryController(str(stack.kubeconfig), stack.prometheus_url, run.app, NAMESPACE, window=config.window)
-    promoted = await asyncio.to_thread(controller.promote_canary)
+    promoted = await asyncio.get_running_loop().run_in_executor(threads, controller.promote_canary)
     run.outcome = "promoted" if promoted else "rolledBack"
     run.reason = next((what for _, what in reversed(controller.log) if "unhealthy" in what), "")
 
@@ -203,10 +211,14 @@ async def run_breach(stack: Stack, config: BreachConfig, say: Callable[[str], No
     breaches = [asyncio.create_task(turn_bad_on_time(stack, run, counts)) for run in runs]
     say(f"breach: {len(runs)} canaries at once ({config.runs} per interval {', '.join(f'{i:g}s' for i in config.intervals)} "
         f"and {config.runs} of the seed's), window {config.window:g}s")
+    # The seed's script sleeps its windows in a thread: one each, all at once, and none taken from
+    # the event loop's default executor (aiohttp needs it for every request it makes).
+    threads = ThreadPoolExecutor(max_workers=max(1, sum(run.who == "seed" for run in runs)), thread_name_prefix="seed")
+
     async def one(run: BreachRun) -> None:
         try:
             await asyncio.wait_for(
-                run_tidegate(stack, run, config) if run.who == "tidegate" else run_seed(stack, run, config),
+                run_tidegate(stack, run, config) if run.who == "tidegate" else run_seed(stack, run, config, threads),
                 timeout=4 * config.window + 180,
             )
         except TimeoutError:
@@ -216,6 +228,7 @@ async def run_breach(stack: Stack, config: BreachConfig, say: Callable[[str], No
         await asyncio.gather(*(one(run) for run in runs))
         await asyncio.sleep(1.0)  # a last look at the weights and counters
     finally:
+        threads.shutdown(wait=False, cancel_futures=True)
         watch.cancel()
         for task in breaches:
             task.cancel()

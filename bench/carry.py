@@ -24,6 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
+
 from bench.apps import create_stable, gather_limited, wait_ready
 from bench.history import Timeline, fetch_timeline, measurement_lateness
 from bench.procs import ProcessWatch, Usage, find_child, peak_rss_bytes
@@ -46,7 +48,7 @@ class CarryConfig:
     interval: float = 30.0
     window: float = 75.0  # steady seconds watched per stage (two and a half analysis rounds)
     sample: int = 120  # histories read per stage
-    ramp_timeout: float = 300.0
+    ramp_timeout: float = 300.0  # seconds for a stage's new deployments to reach their pause (or 0.5 s each)
     lateness_limit: float | None = None  # p99 lateness that counts as broken (default: the interval)
 
 
@@ -66,6 +68,12 @@ class CarryStage:
     measurements: int = 0  # in the sample, within the window
     sampled: int = 0
     broke: str = ""
+    # the worker's own metrics: its workflow cache at the end of the window, and over the window the
+    # workflow tasks that missed the cache, the runs evicted to make room, and the replays
+    cached: int = 0
+    cache_misses: int = 0
+    evictions: int = 0
+    replays: int = 0
 
 
 @dataclass
@@ -84,6 +92,31 @@ def carry_spec(app: str, interval: float, prometheus_url: str) -> dict[str, Any]
         "strategy": {"type": "canary", "canary": {"steps": [{"setWeight": WEIGHT}, {"pause": {"duration": "2h"}}]}},
         "analysis": {"prometheus": {"url": prometheus_url}, "interval": f"{interval:g}s"},
     }
+
+
+WORKER_METRICS = (
+    "temporal_sticky_cache_size",
+    "temporal_sticky_cache_hit_total",
+    "temporal_sticky_cache_miss_total",
+    "temporal_sticky_cache_total_forced_eviction_total",
+    "temporal_workflow_task_replay_latency_count",
+)
+
+
+async def worker_metrics(stack: Stack) -> dict[str, float]:
+    """The worker's own SDK metrics of interest, each summed over its series (0 when absent)."""
+    totals = dict.fromkeys(WORKER_METRICS, 0.0)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.get(stack.worker_metrics_url) as response:
+                text = await response.text()
+    except (aiohttp.ClientError, TimeoutError):
+        return totals
+    for line in text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
 
 
 def in_pause(stack: Stack, apps: list[str]) -> int:
@@ -120,7 +153,8 @@ async def run_carry(stack: Stack, config: CarryConfig, say: Callable[[str], None
                 await start_deployment(stack.client, spec, "bench", task_queue=stack.task_queue)
 
             await gather_limited((start(app) for app in new), limit=32)
-            deadline = ramp_began + config.ramp_timeout
+            ramp_timeout = max(config.ramp_timeout, 0.5 * len(new))  # at least 2 starts a second
+            deadline = ramp_began + ramp_timeout
             reached = in_pause(stack, apps)
             while reached < len(apps) and time.monotonic() < deadline and stack.worker.poll() is None:
                 await asyncio.sleep(1.0)
@@ -130,12 +164,24 @@ async def run_carry(stack: Stack, config: CarryConfig, say: Callable[[str], None
 
             watch.reset()
             window_began = time.time()
+            metrics_before = await worker_metrics(stack)
             await asyncio.sleep(config.window)
+            metrics_after = await worker_metrics(stack)
             window_ended = time.time()
             usage = watch.window()
             stage = CarryStage(
                 n=n, started=len(new), ramp_seconds=ramp, in_pause=reached, still_in_pause=in_pause(stack, apps),
                 usage=usage, ramp_usage=ramp_usage, worker_hwm=peak_rss_bytes(stack.worker.pid) or 0,
+                cached=int(metrics_after["temporal_sticky_cache_size"]),
+                cache_misses=int(metrics_after["temporal_sticky_cache_miss_total"] - metrics_before["temporal_sticky_cache_miss_total"]),
+                evictions=int(
+                    metrics_after["temporal_sticky_cache_total_forced_eviction_total"]
+                    - metrics_before["temporal_sticky_cache_total_forced_eviction_total"]
+                ),
+                replays=int(
+                    metrics_after["temporal_workflow_task_replay_latency_count"]
+                    - metrics_before["temporal_workflow_task_replay_latency_count"]
+                ),
             )
             chosen = random.Random(n).sample(apps, min(config.sample, len(apps)))
             lines: list[Timeline] = await gather_limited(
@@ -160,7 +206,7 @@ async def run_carry(stack: Stack, config: CarryConfig, say: Callable[[str], None
             if stack.worker.poll() is not None:
                 stage.broke = f"the worker exited ({stack.worker.returncode})"
             elif reached < len(apps):
-                stage.broke = f"only {reached} of {len(apps)} deployments reached their pause within {config.ramp_timeout:g}s"
+                stage.broke = f"only {reached} of {len(apps)} deployments reached their pause within {ramp_timeout:g}s"
             elif stage.still_in_pause < len(apps):
                 stage.broke = f"{len(apps) - stage.still_in_pause} deployment(s) left their pause (rolled back)"
             elif stage.lateness and percentile(stage.lateness, 0.99) > limit:

@@ -26,9 +26,10 @@ import contextlib
 import sys
 import time
 import uuid
-from datetime import timedelta
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -207,7 +208,8 @@ async def measure_seed(stack: Stack) -> dict[str, Any]:
     controller = CanaryController(str(stack.kubeconfig), stack.prometheus_url, app, window=0.0)
     requests_before = len(stack.cluster.served)
     started = time.monotonic()
-    promoted = await asyncio.to_thread(controller.promote_canary)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="seed") as thread:  # not the loop's default executor
+        promoted = await asyncio.get_running_loop().run_in_executor(thread, controller.promote_canary)
     wall = time.monotonic() - started
     by_verb, _ = split_requests(stack.requests_for(app, requests_before))
     return {

@@ -83,7 +83,7 @@ def plot_breach(result: BreachResult, path: Path) -> Path | None:
                  textcoords=("data", "axes fraction"))
     top.set_ylabel("canary weight (%)")
     highest = max((w for _, _, run in chosen for _, w, _, _ in run.samples), default=100)
-    top.set_ylim(-2, min(105, highest * 1.25 + 2))
+    top.set_ylim(-2, min(110, highest * 1.9 + 2))  # room above the lines for the legend
     top.legend(loc="upper right", fontsize=8, title="rollback (dotted)", title_fontsize=8)
     bottom.set_ylabel(f"canary 5xx share, last {ERROR_WINDOW:g}s (%)")
     bottom.axhline(1.0, color="grey", linewidth=0.8)

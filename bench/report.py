@@ -124,11 +124,14 @@ def breach_section(result: BreachResult, plot: Path | None) -> list[str]:
         "### What bounds it",
         "",
         "After the canary's first 5xx, tidegate cannot know before (1) the traffic tick counts it (the sandbox counts "
-        f"every 0.1 s), (2) Prometheus scrapes it (every {scrape:g} s; with the 1% limit and `[1m]` windows one error among "
-        "the canary's last minute of requests is already a breach), and (3) the next measurement runs (every interval); "
+        f"every 0.1 s), (2) Prometheus scrapes it (every {scrape:g} s), and (3) the next measurement runs (every "
+        "interval); "
         "then (4) it queries, judges and patches the weight. So the time is at most scrape + interval + reaction, and "
-        "for a breach at a random moment about (scrape + interval) / 2 + reaction on average. Measured, per run, from "
-        "its history: *waiting* is first 5xx → the measurement that failed was scheduled; *reaction* is that → weight 0.",
+        "for a breach at a random moment about (scrape + interval) / 2 + reaction on average. The rate window adds "
+        "nothing here: the canary's last minute holds about "
+        f"{result.rate * 0.05 * 60:.0f} requests, so its first error alone puts the error rate above 1%; a busier "
+        "canary needs one error per hundred requests in its window, plus one, before the check trips. Measured, per run, from its history: *waiting* is first 5xx → the "
+        "measurement that failed was scheduled; *reaction* is that → weight 0.",
         "",
     ]
     rows = []
@@ -263,14 +266,22 @@ def carry_section(result: CarryResult) -> list[str]:
             f"{ms(act['median'])} / {ms(act['p99'])}",
             f"{ms(wft['median'])} / {ms(wft['p99'])}",
             f"{stage.measurements} ({stage.sampled} runs)",
+            f"{n(stage.cached)} / {n(stage.cache_misses)} / {n(stage.evictions)}",
             f"{stage.still_in_pause}/{stage.n}",
         ])
     out += table(
         ["N", "ramp (starts/s)", "worker CPU (ramp)", "worker peak RSS", "dev server CPU", "Prometheus CPU",
          "sandbox CPU", "lateness p50 / p99 / max", "activity schedule-to-start p50 / p99",
-         "workflow task schedule-to-start p50 / p99", "measurements sampled", "still in pause"],
+         "workflow task schedule-to-start p50 / p99", "measurements sampled",
+         "worker cache: runs cached / misses / evictions", "still in pause"],
         rows,
     )
+    out += [
+        "The worker's cache figures are its own metrics (`worker.py --metrics-port`): runs in its workflow cache at the "
+        "end of the window; workflow tasks in the window that found their run out of the cache (each replays the "
+        "run's whole history first), and runs evicted to make room.",
+        "",
+    ]
     if result.stages:
         last = result.stages[-1]
         steady = max(last.usage.items(), key=lambda kv: kv[1].cpu_percent)
@@ -297,23 +308,25 @@ def carry_section(result: CarryResult) -> list[str]:
                 out += [
                     f"Between N = {n(first.n)} and N = {n(last.n)} each further deployment in its pause cost the worker "
                     f"about {slope * 1000:.0f}% of a core per thousand and {rss_slope / 1024:.0f} KiB of memory; at that "
-                    f"rate (an extrapolation, not a measurement) one core would carry about "
-                    f"{n(first.n + (100 - first.usage['worker'].cpu_percent) / slope)} deployments measured every "
-                    f"{config.interval:g} s.",
+                    f"rate (an extrapolation, not a measurement) the worker's CPU alone would allow about "
+                    f"{n(first.n + (100 - first.usage['worker'].cpu_percent) / slope)} deployments per core, measured every "
+                    f"{config.interval:g} s, if nothing else gave out first (its workflow cache does, see below).",
                     "",
                 ]
         out += [
-            "Where the limit is: on this machine all of it shares two cores. Setting deployments up (the ramp) is bound by "
-            "the dev server and the worker together (each start is a dozen activities and workflow tasks, every one a "
-            "write in the dev server's SQLite); in steady state a deployment costs one timer, two workflow tasks and one "
+            "Where the limit is: on this machine all of it shares two cores. Setting deployments up (the ramp) costs the "
+            "dev server and the worker most (each start is a dozen activities and workflow tasks, every one a write in "
+            "the dev server's SQLite, and the sandbox serves the Kubernetes calls); in steady state a deployment costs one timer, two workflow tasks and one "
             "`measure` activity (two HTTP queries) per interval, shared by the worker and the dev server, and Prometheus "
             "answers the queries. A production Temporal cluster takes the server's share off the worker's machine "
             "(history, matching and persistence on their own nodes, a real database) and scales it out; the worker then "
             "has its cores to itself and more workers can share a task queue. What stays is the worker's own cost above, "
-            "and its defaults: `worker.py` keeps the SDK's `max_cached_workflows` of 1,000, so beyond a thousand "
-            "deployments in flight per worker runs are evicted from its cache and each analysis wake-up replays the "
-            "run's history (raise it, or add workers); `max_concurrent_activities` (100) bounds the measurements in "
-            "flight at once.",
+            "and its defaults: "
+            + ("`worker.py` keeps the SDK's `max_cached_workflows` of 1,000" if keeps_default_cache()
+               else "the SDK's default `max_cached_workflows` is 1,000")
+            + ", so beyond a thousand "
+            "deployments in flight per worker runs are evicted from its cache and a wake-up replays the run's history "
+            "(raise it, or add workers); `max_concurrent_activities` (100) bounds the measurements in flight at once.",
             "",
         ]
     return out
@@ -392,6 +405,13 @@ def cost_section(result: CostResult, interval: float = 30.0) -> list[str]:
             "",
         ]
     return out
+
+
+def keeps_default_cache() -> bool:
+    """Whether worker.py leaves the SDK's workflow cache size (1,000 runs) as it is."""
+    from bench.stack import ROOT
+
+    return "max_cached_workflows" not in (ROOT / "worker.py").read_text(encoding="utf-8")
 
 
 def continues_as_new() -> bool:
@@ -521,14 +541,18 @@ def render(results: Results) -> str:
     out.append("")
     if results.load:
         busy = "; ".join(
-            f"{name}, the machine was {load['machine_busy_percent']:.0f}% busy, {load['others_percent']:.0f} points of it "
-            "from processes that are not the benchmark's"
+            f"{name}, the machine was {load['machine_busy_percent']:.0f}% busy, "
+            + (
+                f"{load['others_percent']:.0f} points of it from processes that are not the benchmark's"
+                if load["others_percent"] >= 1 else "all of it the benchmark's own processes"
+            )
             for name, load in results.load.items()
         )
+        others = any(load["others_percent"] >= 1 for load in results.load.values())
         out += [
-            f"CPU of all cores over the run: during {busy}. Other processes (on this machine: other people's test runs) "
-            "take CPU from the figures below. The sandbox (emulated API, simulated traffic, /metrics) runs in the "
-            "benchmark's own process.",
+            f"CPU of all cores over the run: during {busy}."
+            + (" Other processes (on this machine: other people's test runs) took CPU from the figures below." if others else "")
+            + " The sandbox (emulated API, simulated traffic, /metrics) runs in the benchmark's own process.",
             "",
         ]
     out += [

@@ -39,7 +39,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from sandbox.cluster import DEPLOYMENTS, VIRTUALSERVICES, ClusterEmulator, write_kubeconfig
-from sandbox.prometheus import find_prometheus, run_prometheus, wait_for_scrape
+from sandbox.prometheus import find_prometheus, free_port, run_prometheus, wait_for_scrape
 from sandbox.rules import Behaviour, Rules
 from sandbox.stack import serve_metrics
 from sandbox.traffic import TrafficSimulator
@@ -135,6 +135,7 @@ class Stack:
     task_queue: str
     worker: subprocess.Popen[bytes]
     settings: StackSettings
+    worker_metrics_url: str  # the worker's own Prometheus metrics (SDK and tidegate's)
 
     @property
     def client(self) -> Client:
@@ -195,9 +196,16 @@ async def start_dev_server() -> WorkflowEnvironment:
     )
 
 
-def start_worker(temporal_address: str, kubeconfig: Path, task_queue: str, log: Path) -> subprocess.Popen[bytes]:
-    """`python worker.py`, exactly as a user runs it, as a process of its own."""
-    environment = {**os.environ, "TEMPORAL_ADDRESS": temporal_address}
+def start_worker(
+    temporal_address: str, kubeconfig: Path, task_queue: str, log: Path, metrics_port: int
+) -> subprocess.Popen[bytes]:
+    """`python worker.py`, as a user runs it, as a process of its own, with its metrics on."""
+    environment = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": temporal_address,
+        "TIDEGATE_METRICS_PORT": str(metrics_port),
+        "TIDEGATE_METRICS_HOST": "127.0.0.1",
+    }
     return subprocess.Popen(
         [sys.executable, "worker.py", "--kubeconfig", str(kubeconfig), "--task-queue", task_queue],
         cwd=ROOT,
@@ -257,11 +265,14 @@ async def bench_stack(workdir: Path, settings: StackSettings = StackSettings()) 
             )
             await wait_for_scrape(prometheus_url, target, timeout=60)
             task_queue = f"bench-{uuid.uuid4().hex[:8]}"
-            worker = start_worker(env.client.service_client.config.target_host, kubeconfig, task_queue, workdir / "worker.log")
+            metrics_port = free_port()
+            worker = start_worker(
+                env.client.service_client.config.target_host, kubeconfig, task_queue, workdir / "worker.log", metrics_port
+            )
             await wait_for_worker(env.client, task_queue)
             yield Stack(
                 env, cluster, kube_url, kubeconfig, metrics_url, prometheus_url, traffic, rules, workdir,
-                task_queue, worker, settings,
+                task_queue, worker, settings, f"http://127.0.0.1:{metrics_port}/metrics",
             )
     finally:
         if worker is not None:
