@@ -2,6 +2,7 @@
 
     python worker.py [--kubeconfig FILE] [--context NAME] [--in-cluster] [--task-queue NAME]
                      [--metrics-port PORT] [--notify-url URL ...] [--notify-format generic|slack]
+                     [--namespaces NS,...] [--approvers FILE]
 
 Temporal is reached through the standard environment (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
 TEMPORAL_API_KEY, TLS settings or a config profile); the cluster through a kubeconfig
@@ -10,6 +11,12 @@ TEMPORAL_API_KEY, TLS settings or a config profile); the cluster through a kubec
 With --metrics-port (TIDEGATE_METRICS_PORT) the worker serves Prometheus metrics at /metrics: the
 Temporal SDK's and tidegate's own (tidegate_*). --notify-url (TIDEGATE_NOTIFY_URL, comma-separated)
 adds webhooks that every deployment's phase changes are posted to, besides the spec's own.
+
+--namespaces (TIDEGATE_NAMESPACES) limits the namespaces this worker deploys to, whatever a
+starter sends; --approvers FILE (TIDEGATE_APPROVERS) names who may approve or promote each app:
+
+    shop: [alice, bob]        # the app shop, in any namespace
+    prod/payments: [carol]    # the app payments in the namespace prod
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from temporalio.worker import Worker
 from activities.kubernetes import KubernetesActivities
 from activities.metrics import measure
 from activities.notify import Notifier, worker_webhooks
+from activities.policy import NamespaceGuard, PolicyError, WorkerPolicy, load_policy
 from activities.smoke import smoke_test
 from deploy_models import NOTIFY_EVENTS
 from workflows import TASK_QUEUE, WORKFLOWS
@@ -70,18 +78,32 @@ async def kubernetes_api(
     return kube_client.ApiClient(configuration)
 
 
-def activities_for(api: kube_client.ApiClient, notifier: Notifier | None = None) -> list[Any]:
-    return [*KubernetesActivities(api).all(), smoke_test, measure, (notifier or Notifier()).notify]
+def activities_for(
+    api: kube_client.ApiClient, notifier: Notifier | None = None, policy: WorkerPolicy | None = None
+) -> list[Any]:
+    return [
+        *KubernetesActivities(api).all(),
+        smoke_test,
+        measure,
+        (notifier or Notifier()).notify,
+        (policy or WorkerPolicy()).admit,
+    ]
 
 
 def build_worker(
-    temporal: Client, api: kube_client.ApiClient, task_queue: str = TASK_QUEUE, notifier: Notifier | None = None
+    temporal: Client,
+    api: kube_client.ApiClient,
+    task_queue: str = TASK_QUEUE,
+    notifier: Notifier | None = None,
+    policy: WorkerPolicy | None = None,
 ) -> Worker:
+    policy = policy or WorkerPolicy()
     return Worker(
         temporal,
         task_queue=task_queue,
         workflows=list(WORKFLOWS.values()),
-        activities=activities_for(api, notifier),
+        activities=activities_for(api, notifier, policy),
+        interceptors=[NamespaceGuard(policy)],
     )
 
 
@@ -104,7 +126,15 @@ async def main(argv: Sequence[str] | None = None) -> None:
                         default=os.environ.get("TIDEGATE_NOTIFY_FORMAT") or "generic")
     parser.add_argument("--notify-events", type=split, default=split(os.environ.get("TIDEGATE_NOTIFY_EVENTS")),
                         help=f"comma-separated, of {', '.join(NOTIFY_EVENTS)} (default: all)")
+    parser.add_argument("--namespaces", type=split, default=split(os.environ.get("TIDEGATE_NAMESPACES")),
+                        help="comma-separated: the only namespaces this worker deploys to (default: any)")
+    parser.add_argument("--approvers", default=os.environ.get("TIDEGATE_APPROVERS"), metavar="FILE",
+                        help="YAML of app (or namespace/app) to the names that may approve or promote it")
     args = parser.parse_args(argv)
+    try:
+        policy = load_policy(args.namespaces, args.approvers)
+    except PolicyError as error:
+        parser.error(str(error))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runtime = metrics_runtime(args.metrics_host, args.metrics_port) if args.metrics_port else None
     temporal = await connect_temporal(runtime)
@@ -113,7 +143,7 @@ async def main(argv: Sequence[str] | None = None) -> None:
         ui_url=os.environ.get("TEMPORAL_UI_URL"),
     )
     async with await kubernetes_api(args.kubeconfig, args.context, args.in_cluster) as api:
-        worker = build_worker(temporal, api, args.task_queue, notifier)
+        worker = build_worker(temporal, api, args.task_queue, notifier, policy)
         if args.metrics_port:
             logging.info("metrics at http://%s:%d/metrics", args.metrics_host, args.metrics_port)
         logging.info("tidegate worker polling task queue %r", args.task_queue)

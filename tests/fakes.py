@@ -11,6 +11,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.policy import WorkerPolicy
 from deploy_models import (
     DeploymentRestore,
     DeploymentSnapshot,
@@ -55,6 +56,7 @@ class FakeCluster:
     # (metric query name, canary weight, workflow time) → value; None is no data; str an error
     metrics: Callable[[str, int, datetime], float | str | None] = lambda name, weight, at: 0.001
     measurements: list[datetime] = field(default_factory=list)
+    policy: WorkerPolicy = field(default_factory=WorkerPolicy)  # the real one: it is pure
 
     @activity.defn(name="read_service_version")
     async def read_service_version(self, service: ServiceRef) -> str | None:
@@ -256,6 +258,7 @@ class FakeCluster:
 
     def activities(self) -> list[Any]:
         return [
+            self.policy.admit,
             self.notify,
             self.read_deployment,
             self.update_deployment,

@@ -247,6 +247,13 @@ def test_every_role_grants_exactly_what_the_activities_use() -> None:
         assert not extra, f"{where} grants what no activity uses (least privilege): {extra}"
 
 
+def test_the_workers_namespace_allow_list_is_the_namespaces_it_has_roles_in() -> None:
+    (deployment,) = by_kind("Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    allowed = {e["name"]: e["value"] for e in container["env"]}["TIDEGATE_NAMESPACES"]
+    assert set(allowed.split(",")) == {role["metadata"]["namespace"] for role in by_kind("Role")}
+
+
 def test_each_role_is_bound_to_the_worker_in_its_namespace() -> None:
     (account,) = by_kind("ServiceAccount")
     bindings = by_kind("RoleBinding")

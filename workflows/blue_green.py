@@ -46,6 +46,7 @@ class BlueGreenWorkflow(DeploymentWorkflow):
         settings = spec.blue_green
         service = spec.active_service
         try:
+            await self.admit()
             current = await self.kubernetes(
                 "read active colour",
                 KubernetesActivities.read_service_version,

@@ -22,9 +22,12 @@ from workflows.telemetry import Reporter
 
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
+    from activities.policy import WorkerPolicy
     from activities.smoke import smoke_test
     from deploy_models import (
         OUTCOME_PHASE,
+        Admission,
+        AdmissionRequest,
         MeasureRequest,
         Measurement,
         MetricValue,
@@ -153,8 +156,13 @@ class DeploymentWorkflow:
     failed_measurement: Measurement | None
     result: DeploymentResult | None
     reporter: Reporter
+    admission: Admission | None
+    asks_worker: bool
 
     def _begin(self, deployment: DeploymentInput) -> None:
+        # Patch checks come first: a check made after the notification task below has scheduled
+        # its activity fails to replay (the marker precedes that command in the history).
+        self.asks_worker = workflow.patched("worker-policy")
         self.spec = deployment.spec
         self.requested_by = deployment.requested_by
         self.phase = Phase.PENDING
@@ -177,6 +185,7 @@ class DeploymentWorkflow:
         self.failed_measurement = None
         self.result = None
         self.reporter = Reporter(self.spec)
+        self.admission = None
         self.record(
             "started",
             f"{self.spec.strategy.type} of {self.spec.app} to {self.spec.image}",
@@ -188,6 +197,8 @@ class DeploymentWorkflow:
 
     @workflow.signal(description="Let a waiting step go on. Payload: {\"by\": \"name\", \"reason\": \"why\"}.")
     def approve(self, decision: Decision) -> None:
+        if not self.may_decide("approve", decision):
+            return
         if not self.awaiting_approval:
             self.record("approve", "approve ignored: no step is waiting for approval", by=decision.by)
             return
@@ -196,6 +207,8 @@ class DeploymentWorkflow:
 
     @workflow.signal(description="Skip the remaining steps and analysis and promote now. Payload: {\"by\": \"name\", \"reason\": \"why\"}.")
     def promote(self, decision: Decision) -> None:
+        if not self.may_decide("promote", decision):
+            return
         self.record("promote", "promotion requested", by=decision.by, reason=decision.reason)
         if self.promotion is None and self.interruption is None and self.result is None:
             self.promotion = decision
@@ -211,6 +224,21 @@ class DeploymentWorkflow:
         self.record("rollback", "rollback received", by=decision.by, reason=decision.reason)
         if self.interruption is None and self.result is None:
             self.interruption = ("rollback", decision)
+
+    def may_decide(self, signal: str, decision: Decision) -> bool:
+        """Whether `decision.by` may approve or promote, by the worker's list of approvers of the
+        app (no list: anyone). A refusal is recorded; abort and rollback are never refused."""
+        approvers = self.admission.approvers if self.admission is not None else None
+        if approvers is None or decision.by in approvers:
+            return True
+        self.record(
+            f"{signal}Refused",
+            f"{signal} from {decision.by} refused: not an approver of {self.spec.app} "
+            f"(approvers: {', '.join(approvers)})",
+            by=decision.by,
+            reason=decision.reason,
+        )
+        return False
 
     @workflow.query(description="Phase, versions, timer and every recorded event of this run.")
     def status(self) -> DeploymentStatus:
@@ -550,6 +578,29 @@ class DeploymentWorkflow:
             if self.promotion is not None:
                 return
 
+    async def admit(self) -> None:
+        """Ask the worker whether it runs this deployment, and who may approve it; a refusal is a
+        StepFailed before anything is changed.
+
+        Runs started before workers asked this replay without the question (`workflow.patched`).
+        """
+        if not self.asks_worker:
+            return
+        spec = self.spec
+        self.admission = await self.await_step(
+            "admission",
+            workflow.execute_activity_method(
+                WorkerPolicy.admit,
+                AdmissionRequest(namespace=spec.namespace, app=spec.app),
+                summary=f"may this worker deploy to {spec.namespace}, and who approves {spec.app}?",
+                **KUBERNETES_CALL,
+            ),
+        )
+        if self.admission.approvers is not None:
+            self.record("admitted", f"approvers of {spec.app}: {', '.join(self.admission.approvers)}")
+        if self.promotion is not None and not self.may_decide("promote", self.promotion):
+            self.promotion = None  # sent before the worker's answer, by someone it does not allow
+
     async def settle(
         self,
         steps: Callable[[], Awaitable[DeploymentResult]],
@@ -561,6 +612,7 @@ class DeploymentWorkflow:
         returns what it could not put back, if anything: that makes the outcome `failed`.
         """
         try:
+            await self.admit()
             return await steps()
         except StepFailed as failure:
             outcome, reason, by = failure.outcome, failure.reason, None
