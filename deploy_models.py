@@ -11,10 +11,12 @@ thing on both sides of it:
 
 from __future__ import annotations
 
+import difflib
 import re
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import (
     BaseModel,
@@ -23,6 +25,7 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -46,6 +49,8 @@ def parse_duration(value: Any) -> timedelta:
             for number, unit in _DURATION_PART.findall(value.strip())
         )
         return timedelta(seconds=seconds)
+    if isinstance(value, str) and value.strip().startswith("-") and _DURATION.match(value.strip()[1:]):
+        raise ValueError(f"{value!r} is negative (a duration is 0s or more)")
     raise ValueError(f"{value!r} is not a duration (write it as e.g. 30s, 10m, 1h)")
 
 
@@ -86,7 +91,7 @@ IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 MAX_APP_NAME = 63 - len("-canary")
 
 
-def dns_label(value: str) -> str:
+def _dns_label(value: str) -> str:
     if len(value) > 63 or not DNS1123_LABEL.match(value):
         raise ValueError(
             f"{value!r} is not a DNS-1123 label "
@@ -94,6 +99,37 @@ def dns_label(value: str) -> str:
             "at most 63 characters)"
         )
     return value
+
+
+DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+LABEL_VALUE = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+def _matching(value: str, pattern: re.Pattern[str], limit: int, what: str) -> str:
+    if len(value) > limit or not pattern.match(value):
+        raise ValueError(f"{value!r} is not {what}")
+    return value
+
+
+def _dns_subdomain(value: str) -> str:
+    """An object name such as an Istio VirtualService's: DNS-1123 labels joined by '.'."""
+    return _matching(
+        value,
+        DNS1123_SUBDOMAIN,
+        253,
+        "a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', starting and ending with a letter or digit)",
+    )
+
+
+def _label_value(value: str) -> str:
+    """A subset name is also the pods' `version` label value, so it must be a valid one."""
+    return _matching(
+        value,
+        LABEL_VALUE,
+        63,
+        "a Kubernetes label value (letters, digits, '-', '_' and '.', starting and ending with a letter or digit, "
+        "at most 63 characters)",
+    )
 
 
 class Model(BaseModel):
@@ -170,7 +206,7 @@ class BlueGreenSettings(Model):
     @field_validator("active_service", "preview_service")
     @classmethod
     def _service_name(cls, value: str | None) -> str | None:
-        return None if value is None else dns_label(value)
+        return None if value is None else _dns_label(value)
 
     @field_validator("scale_down_delay")
     @classmethod
@@ -362,6 +398,11 @@ class VirtualServiceRef(Model):
     name: str
     route: str | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _dns_subdomain(value)
+
 
 class DestinationRuleRef(Model):
     """Subsets of the DestinationRule; a subset selects pods whose `version` label is its name."""
@@ -369,6 +410,16 @@ class DestinationRuleRef(Model):
     name: str
     stable_subset_name: str = "v1"
     canary_subset_name: str = "v2"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _dns_subdomain(value)
+
+    @field_validator("stable_subset_name", "canary_subset_name")
+    @classmethod
+    def _subset(cls, value: str) -> str:
+        return _label_value(value)
 
     @model_validator(mode="after")
     def _distinct(self) -> DestinationRuleRef:
@@ -386,7 +437,18 @@ class TrafficRouting(Model):
     istio: IstioRouting
 
 
+# The validation context of a spec being submitted (parse_spec). Rules that refuse specs an
+# earlier version accepted apply only then: a running deployment's input, decoded again when its
+# history is replayed, must stay valid.
+SUBMITTED = "submitted"
+
+
 class CanarySettings(Model):
+    """The steps end at 100%, or say with `promoteFromLastWeight: true` that promotion may jump
+    from the last weight to 100% at once (Argo Rollouts does so silently; here it is explicit)."""
+
+    # declared before `steps`, so that the steps' validator sees it
+    promote_from_last_weight: bool = False
     steps: list[CanaryStep] = Field(default_factory=seed_canary_steps, min_length=1)
     traffic_routing: TrafficRouting | None = None
     smoke_test: SmokeTest | None = None
@@ -394,7 +456,7 @@ class CanarySettings(Model):
 
     @field_validator("steps")
     @classmethod
-    def _weights_never_decrease(cls, steps: list[CanaryStep]) -> list[CanaryStep]:
+    def _weights_never_decrease(cls, steps: list[CanaryStep], info: ValidationInfo) -> list[CanaryStep]:
         previous = 0
         for index, step in enumerate(steps):
             if step.set_weight is not None:
@@ -406,6 +468,12 @@ class CanarySettings(Model):
                 previous = step.set_weight
         if previous == 0:
             raise ValueError("needs at least one setWeight step")
+        submitted = bool(info.context and info.context.get(SUBMITTED))
+        if previous < 100 and submitted and info.data.get("promote_from_last_weight") is False:
+            raise ValueError(
+                f"the last setWeight is {previous}, so the plan never reaches 100%; "
+                "add a setWeight: 100 step or set promoteFromLastWeight: true"
+            )
         return steps
 
     @field_validator("progress_deadline")
@@ -554,10 +622,10 @@ class InPlaceSettings(Model):
     analysis_window: Duration = timedelta(minutes=10)
     pause: Pause | None = None
 
-    @field_validator("deployment")
+    @field_validator("deployment", "container")
     @classmethod
     def _deployment(cls, value: str | None) -> str | None:
-        return None if value is None else dns_label(value)
+        return None if value is None else _dns_label(value)
 
     @field_validator("progress_deadline", "analysis_window")
     @classmethod
@@ -703,7 +771,7 @@ class DeploymentSpec(Model):
     @field_validator("app")
     @classmethod
     def _app(cls, value: str) -> str:
-        dns_label(value)
+        _dns_label(value)
         if len(value) > MAX_APP_NAME:
             raise ValueError(
                 f"{value!r} is longer than {MAX_APP_NAME} characters "
@@ -714,7 +782,7 @@ class DeploymentSpec(Model):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        return dns_label(value)
+        return _dns_label(value)
 
     @field_validator("image")
     @classmethod
@@ -836,13 +904,53 @@ def _field_path(location: tuple[int | str, ...]) -> str:
     return path or "(spec)"
 
 
-def describe_validation_error(error: ValidationError) -> list[str]:
-    """One line per problem: `field.path: what is wrong`."""
+def _fields_at(model: type[BaseModel], location: tuple[int | str, ...]) -> list[str]:
+    """The fields (as a spec writes them) of the model found at `location` under `model`;
+    none when the path leads elsewhere. Lists and mappings are stepped through by index or key."""
+    annotation: Any = model
+    for part in location:
+        while get_origin(annotation) in (Union, UnionType, Annotated):
+            members = [a for a in get_args(annotation) if a is not type(None)]
+            annotation = members[0] if get_origin(annotation) is Annotated or len(members) == 1 else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and isinstance(part, str):
+            field = next(
+                (f for name, f in annotation.model_fields.items() if part in (name, f.alias)),
+                None,
+            )
+            annotation = field.annotation if field is not None else None
+        elif get_origin(annotation) is list and isinstance(part, int):
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return []
+    while get_origin(annotation) in (Union, UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        annotation = members[0] if len(members) == 1 else None
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [field.alias or name for name, field in annotation.model_fields.items()]
+    return []
+
+
+def _unknown_field(model: type[BaseModel] | None, location: tuple[int | str, ...]) -> str:
+    """`is not a known field`, with the field a typo most likely meant, or the ones there are."""
+    known = _fields_at(model, location[:-1]) if model is not None else []
+    if not known:
+        return "is not a known field"
+    close = difflib.get_close_matches(str(location[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"is not a known field (did you mean {close[0]}?)"
+    return f"is not a known field (known here: {', '.join(known)})"
+
+
+def describe_validation_error(error: ValidationError, model: type[BaseModel] | None = None) -> list[str]:
+    """One line per problem: `field.path: what is wrong` (`model`: the one validated, so that an
+    unknown field can be matched with the field it misspells)."""
     problems = []
     for item in error.errors():
         message = item["msg"].removeprefix("Value error, ")
         if item["type"] == "extra_forbidden":
-            message = "is not a known field"
+            message = _unknown_field(model, tuple(item["loc"]))
         elif item["type"] == "missing":
             message = "is required"
         elif item["type"] == "literal_error":
@@ -856,11 +964,12 @@ def describe_validation_error(error: ValidationError) -> list[str]:
 def parse_spec(document: Any) -> DeploymentSpec:
     """Validate a loaded YAML document; raise SpecError naming every bad field."""
     if not isinstance(document, dict):
-        raise SpecError(["(spec): must be a mapping with at least app, image and strategy"])
+        found = {type(None): "is empty", list: "is a list", str: "is a string"}.get(type(document), f"is {document!r}")
+        raise SpecError([f"(spec): {found}; it must be a mapping with at least app, image and strategy"])
     try:
-        return DeploymentSpec.model_validate(document)
+        return DeploymentSpec.model_validate(document, context={SUBMITTED: True})
     except ValidationError as error:
-        raise SpecError(describe_validation_error(error)) from None
+        raise SpecError(describe_validation_error(error, DeploymentSpec)) from None
 
 
 def load_spec_file(path: str) -> DeploymentSpec:
@@ -937,19 +1046,6 @@ class Event(Model):
 class DeploymentInput(Model):
     spec: DeploymentSpec
     requested_by: str = "unknown"
-
-
-class AdmissionRequest(Model):
-    """Asks the worker whether it runs deployments of `app` in `namespace`, and who may approve."""
-
-    namespace: str
-    app: str
-
-
-class Admission(Model):
-    """The worker's answer: `approvers` of the app (None: whoever the starter names)."""
-
-    approvers: list[str] | None = None
 
 
 class Downtime(Model):

@@ -91,7 +91,44 @@ def load_spec(path: str, image: str | None = None) -> DeploymentSpec:
             spec = parse_spec({**spec.model_dump(mode="json", exclude_none=True), "image": image})
         return spec
     except SpecError as error:
-        raise InvalidInput(f"invalid spec {path}:\n" + "\n".join(f"  {p}" for p in error.problems)) from None
+        raise invalid_spec(path, error.problems) from None
+
+
+def invalid_spec(path: str, problems: list[str]) -> InvalidInput:
+    """One line per problem, each naming its field, under the spec's path."""
+    return InvalidInput(f"invalid spec {path}:\n" + "\n".join(f"  {problem}" for problem in problems))
+
+
+def check_queries(spec: DeploymentSpec, path: str) -> None:
+    """Ask the spec's Prometheus to parse each check's query, rendered as the run renders it.
+
+    InvalidInput naming every query it refuses; when it cannot be asked (the worker may reach a
+    Prometheus this machine cannot), a one-line warning and nothing else.
+    """
+    if spec.analysis is None:
+        return
+    from activities.metrics import PrometheusUnavailable, rejected_query
+    from workflows.analysis import Variants
+    from workflows.in_place import FIRST_VERSION
+
+    if spec.strategy.type in ("canary", "abTest"):
+        subsets = spec.istio.destination_rule
+        canary, stable = subsets.canary_subset_name, subsets.stable_subset_name
+    else:  # one version at a time: its label is only known when the run reads the Deployment
+        canary = stable = FIRST_VERSION
+    variants = Variants(app=spec.app, namespace=spec.namespace, canary=canary, stable=stable)
+    url = spec.analysis.prometheus.url
+    problems = []
+    for index, check in enumerate(spec.analysis.checks):
+        try:
+            refused = rejected_query(url, variants.render(check, canary))
+        except PrometheusUnavailable as error:
+            print(f"warning: queries not checked: Prometheus at {url} {error}", file=sys.stderr)
+            return
+        if refused is not None:
+            problems.append(f"analysis.checks[{index}].query: Prometheus at {url}: {refused}")
+    if problems:
+        raise invalid_spec(path, problems)
 
 
 async def registered_search_attributes(client: Client) -> set[str]:
@@ -240,6 +277,8 @@ def print_status(status: DeploymentStatus, out: TextIO) -> None:
 
 def cmd_plan(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.image)
+    if args.check_queries:
+        check_queries(spec, args.spec)
     print(f"{spec.app} in namespace {spec.namespace} → {spec.image} ({spec.strategy.type})")
     for number, step in enumerate(PLANS[spec.strategy.type](spec), start=1):
         print(f"  {number}. {step}")
@@ -248,6 +287,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 async def cmd_start(args: argparse.Namespace) -> int:
     spec = load_spec(args.spec, args.image)
+    if args.check_queries:
+        check_queries(spec, args.spec)  # before connecting: nothing is started on a refusal
     client = await connect()
     try:
         handle = await start_deployment(client, spec, args.by, args.task_queue)
@@ -422,6 +463,13 @@ def parser() -> argparse.ArgumentParser:
     start.add_argument("--json", action="store_true", help="print one machine-readable result")
     start.add_argument("--by", default=default_user(), help="who starts it (default: CI actor or login)")
     start.add_argument("--task-queue", default=os.environ.get("TIDEGATE_TASK_QUEUE", TASK_QUEUE))
+    for validating in (plan, start):
+        validating.add_argument(
+            "--no-check-queries",
+            dest="check_queries",
+            action="store_false",
+            help="do not ask the spec's Prometheus to parse the analysis queries",
+        )
 
     for name, text in (
         ("approve", "let a waiting step go on"),

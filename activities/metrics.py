@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import threading
 from typing import Any
 
 import requests
@@ -25,10 +26,12 @@ _NO_RETRY = Retry(total=0, raise_on_status=False)
 
 
 class _Answered(Exception):
-    """Prometheus answered, but not 200; carries what it said."""
+    """Prometheus answered, but not 200; carries what it said (`error_type` empty: not Prometheus)."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, error_type: str = "", error: str = "") -> None:
         super().__init__(f"answered {status}" + (f" {detail}" if detail else ""))
+        self.error_type = error_type
+        self.error = error
 
 
 def _refuse_errors(response: requests.Response, *args: Any, **kwargs: Any) -> None:
@@ -36,12 +39,14 @@ def _refuse_errors(response: requests.Response, *args: Any, **kwargs: Any) -> No
     if response.status_code == 200 or response.is_redirect:
         return
     detail = response.text.strip()[:300]
+    error_type = error = ""
     try:
         body = response.json()
-        detail = f"{body.get('errorType', '')}: {body['error']}".lstrip(": ")
+        error_type, error = str(body.get("errorType", "")), str(body["error"])
+        detail = f"{error_type}: {error}".lstrip(": ")
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
-    raise _Answered(response.status_code, detail)
+    raise _Answered(response.status_code, detail, error_type, error)
 
 
 def _query(url: str, query: str, timeout: float) -> Any:
@@ -121,3 +126,46 @@ async def measure(request: MeasureRequest) -> list[MetricValue]:
     url = request.prometheus_url.rstrip("/")
     timeout = request.timeout.total_seconds()
     return list(await asyncio.gather(*(_measure_one(url, query, timeout) for query in request.queries)))
+
+
+class PrometheusUnavailable(Exception):
+    """Prometheus could not say whether a query is valid: unreachable, too slow, or not Prometheus."""
+
+
+def _parse_verdict(url: str, query: str, timeout: float) -> tuple[bool | None, str]:
+    """(True, "") accepted, (False, Prometheus' error) refused, (None, why) it could not tell."""
+    try:
+        _query(url, query, timeout)
+    except _Answered as error:
+        if error.error_type == "bad_data":
+            return False, error.error.removeprefix('invalid parameter "query": ')
+        if error.error_type:  # parsed, then failed to evaluate: the analysis' business, not the spec's
+            return True, ""
+        return None, str(error)
+    except requests.Timeout:
+        return None, f"did not answer within {timeout:g}s"
+    except (requests.JSONDecodeError, KeyError, TypeError) as error:  # 200, but not Prometheus'
+        return None, f"answered 200 with no query result: {type(error).__name__}: {error}"
+    except requests.RequestException as error:
+        return None, f"unreachable: {_root_cause(error)}"
+    return True, ""
+
+
+def rejected_query(url: str, query: str, timeout: float = 3.0) -> str | None:
+    """Prometheus' reason for refusing `query` (a parse error), or None when it accepts it.
+
+    Asked as an instant query, which every Prometheus answers (`/api/v1/parse_query` is newer
+    than 2.42): a query that parses but cannot be evaluated is accepted, since the analysis
+    judges that. Bounded by `timeout` even when a name resolves slowly (a daemon thread asks);
+    PrometheusUnavailable when it cannot tell.
+    """
+    verdicts: list[tuple[bool | None, str]] = []
+    asker = threading.Thread(target=lambda: verdicts.append(_parse_verdict(url, query, timeout)), daemon=True)
+    asker.start()
+    asker.join(timeout + 0.5)
+    if not verdicts:
+        raise PrometheusUnavailable(f"did not answer within {timeout:g}s")
+    accepted, why = verdicts[0]
+    if accepted is None:
+        raise PrometheusUnavailable(why)
+    return None if accepted else why

@@ -89,7 +89,10 @@ def carry_spec(app: str, interval: float, prometheus_url: str) -> dict[str, Any]
     return {
         "app": app,
         "image": f"{app}:2.0-steady",
-        "strategy": {"type": "canary", "canary": {"steps": [{"setWeight": WEIGHT}, {"pause": {"duration": "2h"}}]}},
+        "strategy": {
+            "type": "canary",
+            "canary": {"steps": [{"setWeight": WEIGHT}, {"pause": {"duration": "2h"}}], "promoteFromLastWeight": True},
+        },
         "analysis": {"prometheus": {"url": prometheus_url}, "interval": f"{interval:g}s"},
     }
 

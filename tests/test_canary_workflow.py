@@ -23,6 +23,7 @@ def spec(steps: list[dict[str, Any]] | None = None, **analysis: Any) -> Any:
     canary: dict[str, Any] = {"smokeTest": {"url": "http://{service}.{namespace}/health"}}
     if steps is not None:
         canary["steps"] = steps
+        canary["promoteFromLastWeight"] = True  # several plans stop short of 100%: promotion completes them
     return parse_spec(
         {
             "app": "myapp",

@@ -82,7 +82,7 @@ async def test_a_rollback_gives_its_reason(time_skipping_env: WorkflowEnvironmen
     spec = parse_spec({
         "app": "myapp",
         "image": "myapp:2.0",
-        "strategy": {"type": "canary", "canary": {"steps": [{"setWeight": 20}, {"analysis": {}}]}},
+        "strategy": {"type": "canary", "canary": {"steps": [{"setWeight": 20}, {"analysis": {}}], "promoteFromLastWeight": True}},
         "analysis": {"prometheus": {"url": "http://prometheus:9090"}},
         "notifications": {"webhooks": [SLACK]},
     })

@@ -144,11 +144,24 @@ def test_durations(text: str, seconds: float) -> None:
             "strategy.blueGreen: previewService must differ from activeService",
         ),
         ({"image": "x:1", "strategy": {"type": "blueGreen"}}, "app: is required"),
-        ("just a string", "(spec): must be a mapping"),
+        ("just a string", "(spec): is a string; it must be a mapping"),
     ],
 )
 def test_bad_specs_name_the_field_and_the_problem(document: Any, expected: str) -> None:
     assert any(p.startswith(expected) for p in problems(document)), problems(document)
+
+
+def test_a_plan_short_of_100_is_refused_when_submitted_but_a_running_one_still_decodes() -> None:
+    """The rule is newer than runs that may be in flight: their input must replay as it was."""
+    steps = [{"setWeight": 20}, {"pause": {}}, {"setWeight": 50}]
+    document = spec(strategy={"type": "canary", "canary": {"steps": steps}})
+    assert problems(document) == [
+        "strategy.canary.steps: the last setWeight is 50, so the plan never reaches 100%; "
+        "add a setWeight: 100 step or set promoteFromLastWeight: true"
+    ]
+    assert DeploymentSpec.model_validate(document).canary.steps[-1].set_weight == 50
+    explicit = spec(strategy={"type": "canary", "canary": {"steps": steps, "promoteFromLastWeight": True}})
+    assert parse_spec(explicit).canary.promote_from_last_weight is True
 
 
 def test_every_problem_is_reported_at_once() -> None:

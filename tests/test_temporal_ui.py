@@ -69,7 +69,10 @@ def canary(app: str) -> DeploymentSpec:
     return parse_spec({
         "app": app,
         "image": f"{app}:2.0",
-        "strategy": {"type": "canary", "canary": {"steps": [{"setWeight": 20}, {"analysis": {}}, {"pause": {}}]}},
+        "strategy": {
+            "type": "canary",
+            "canary": {"steps": [{"setWeight": 20}, {"analysis": {}}, {"pause": {}}], "promoteFromLastWeight": True},
+        },
         "analysis": {"prometheus": {"url": "http://prometheus:9090"}},
     })
 

@@ -77,7 +77,7 @@ def canary(app: str, *steps: dict[str, Any]) -> Any:
     return parse_spec({
         "app": app,
         "image": f"{app}:2.0",
-        "strategy": {"type": "canary", "canary": {"steps": list(steps)}},
+        "strategy": {"type": "canary", "canary": {"steps": list(steps), "promoteFromLastWeight": True}},
         "analysis": {"prometheus": {"url": "http://prometheus:9090"}},
         "notifications": {"webhooks": [{"urlFrom": {"env": "TIDEGATE_TEST_SLACK_URL"}, "format": "slack", "events": ["rolledBack"]}]},
     })

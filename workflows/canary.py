@@ -73,7 +73,6 @@ class CanaryWorkflow(DeploymentWorkflow):
         spec = self.spec
         settings = spec.canary
         try:
-            await self.admit()
             if not await self._deploy_canary():
                 return await self._first_deployment()
 
@@ -274,6 +273,12 @@ def plan(spec: DeploymentSpec) -> list[str]:
             steps.append(f"step {index}: pause until an approve signal{watching}")
         elif step.analysis is not None:
             steps.append(f"step {index}: one-off analysis of {', '.join(step.analysis.checks or ['all checks'])}")
+    last_weight = [step.set_weight for step in settings.steps if step.set_weight is not None][-1]
+    if last_weight < 100:
+        steps.append(
+            f"promoteFromLastWeight: the new version jumps from {last_weight}% to 100% of traffic at once "
+            f"(no step observes it above {last_weight}%)"
+        )
     steps += [
         f"promote: {spec.app}-stable gets {spec.image}, then 100% to stable, {spec.app}-canary scaled to 0",
         "on a failed check, abort or error: canary weight 0 at once, canary scaled to 0",
