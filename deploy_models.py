@@ -91,7 +91,7 @@ IMAGE_REFERENCE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$")
 MAX_APP_NAME = 63 - len("-canary")
 
 
-def _dns_label(value: str) -> str:
+def dns_label(value: str) -> str:
     if len(value) > 63 or not DNS1123_LABEL.match(value):
         raise ValueError(
             f"{value!r} is not a DNS-1123 label "
@@ -206,7 +206,7 @@ class BlueGreenSettings(Model):
     @field_validator("active_service", "preview_service")
     @classmethod
     def _service_name(cls, value: str | None) -> str | None:
-        return None if value is None else _dns_label(value)
+        return None if value is None else dns_label(value)
 
     @field_validator("scale_down_delay")
     @classmethod
@@ -625,7 +625,7 @@ class InPlaceSettings(Model):
     @field_validator("deployment", "container")
     @classmethod
     def _deployment(cls, value: str | None) -> str | None:
-        return None if value is None else _dns_label(value)
+        return None if value is None else dns_label(value)
 
     @field_validator("progress_deadline", "analysis_window")
     @classmethod
@@ -771,7 +771,7 @@ class DeploymentSpec(Model):
     @field_validator("app")
     @classmethod
     def _app(cls, value: str) -> str:
-        _dns_label(value)
+        dns_label(value)
         if len(value) > MAX_APP_NAME:
             raise ValueError(
                 f"{value!r} is longer than {MAX_APP_NAME} characters "
@@ -782,7 +782,7 @@ class DeploymentSpec(Model):
     @field_validator("namespace")
     @classmethod
     def _namespace(cls, value: str) -> str:
-        return _dns_label(value)
+        return dns_label(value)
 
     @field_validator("image")
     @classmethod
@@ -1046,6 +1046,19 @@ class Event(Model):
 class DeploymentInput(Model):
     spec: DeploymentSpec
     requested_by: str = "unknown"
+
+
+class AdmissionRequest(Model):
+    """Asks the worker whether it runs deployments of `app` in `namespace`, and who may approve."""
+
+    namespace: str
+    app: str
+
+
+class Admission(Model):
+    """The worker's answer: `approvers` of the app (None: whoever the starter names)."""
+
+    approvers: list[str] | None = None
 
 
 class Downtime(Model):

@@ -73,6 +73,7 @@ class CanaryWorkflow(DeploymentWorkflow):
         spec = self.spec
         settings = spec.canary
         try:
+            await self.admit()
             if not await self._deploy_canary():
                 return await self._first_deployment()
 
