@@ -3,7 +3,7 @@ FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 TIDEGATE_METRICS_PORT=9464
 WORKDIR /app
 COPY pyproject.toml ./
-COPY deploy_models.py worker.py starter.py ./
+COPY deploy_models.py worker.py starter.py payload_codec.py ./
 COPY workflows ./workflows
 COPY activities ./activities
 COPY sandbox ./sandbox

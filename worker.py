@@ -42,15 +42,18 @@ from activities.notify import Notifier, worker_webhooks
 from activities.policy import NamespaceGuard, PolicyError, WorkerPolicy, load_policy
 from activities.smoke import smoke_test
 from deploy_models import NOTIFY_EVENTS
+from payload_codec import codec_from_environment, with_codec
 from workflows import TASK_QUEUE, WORKFLOWS
 from workflows.telemetry import BUCKETS
 
 
 async def connect_temporal(runtime: Runtime | None = None) -> Client:
-    """A client configured from the standard TEMPORAL_* environment, with pydantic payloads."""
+    """A client configured from the standard TEMPORAL_* environment, with pydantic payloads,
+    encrypted when TIDEGATE_PAYLOAD_KEY is set (see payload_codec)."""
     settings = ClientConfig.load_client_connect_config()
     settings.setdefault("target_host", "localhost:7233")
-    return await Client.connect(**settings, data_converter=pydantic_data_converter, runtime=runtime)
+    converter = with_codec(pydantic_data_converter, codec_from_environment())
+    return await Client.connect(**settings, data_converter=converter, runtime=runtime)
 
 
 def metrics_runtime(host: str, port: int) -> Runtime:
