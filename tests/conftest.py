@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 import time
 import uuid
@@ -55,12 +56,17 @@ def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"
 
 
-async def eventually(check: Callable[[], Awaitable[T | None]], what: str = "condition", timeout: float = 15.0) -> T:
-    """Poll `check` until it returns something truthy, failing after `timeout` seconds."""
+async def eventually(
+    check: Callable[[], Awaitable[T | None] | T | None], what: str = "condition", timeout: float = 15.0
+) -> T:
+    """Poll `check` (a coroutine function or a plain one) until it returns something truthy,
+    failing after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    last: T | None = None
+    last: Any = None
     while time.monotonic() < deadline:
-        last = await check()
+        last = check()
+        if inspect.isawaitable(last):
+            last = await last
         if last:
             return last
         await asyncio.sleep(0.05)

@@ -149,6 +149,7 @@ class FakeCluster:
     # max_heartbeat_throttle_interval so that the cancellation arrives at once
     hanging: set[str] = field(default_factory=set)
     hung: int = 0  # how many activities are hanging now
+    scale_down_hangs: bool = False  # pods that never finish terminating: the `gone` wait hangs too
     edited_by_others: set[str] = field(default_factory=set)  # Deployments someone else changed
     strategies: dict[str, Any] = field(default_factory=dict)
     gone_after: timedelta = timedelta(seconds=2)  # how long after the poll starts the last pod is gone
@@ -156,9 +157,11 @@ class FakeCluster:
     routes: list[str] = field(default_factory=list)  # the VirtualService's http routes, by name
 
     async def _fail_if_never_ready(self, wait: RolloutWait | PodsWait, action: str, what: str) -> None:
-        """Hang for a `hanging` image; fail as the real wait does for a `never_ready` name or image."""
+        """Hang for a `hanging` image; fail as the real wait does for a `never_ready` name, image
+        or `name image` (one Deployment with one image)."""
         await self._hang(wait.name)
-        if wait.name in self.never_ready or self.deployments.get(wait.name) in self.never_ready:
+        image = self.deployments.get(wait.name)
+        if {wait.name, image, f"{wait.name} {image}"} & self.never_ready:
             self.actions.append(f"{action} {wait.name}")
             raise ApplicationError(
                 f"Deployment {wait.namespace}/{wait.name} did not {what} by its progress deadline",
@@ -167,15 +170,19 @@ class FakeCluster:
             )
 
     async def _hang(self, name: str) -> None:
-        """Pods of a `hanging` image: wait (heartbeating) until the workflow cancels the wait."""
-        if self.deployments.get(name) in self.hanging:
-            self.hung += 1
-            try:
-                while True:
-                    activity.heartbeat()
-                    await asyncio.sleep(0.05)
-            finally:
-                self.hung -= 1
+        """Pods of a `hanging` image (or `name image`): wait (heartbeating) until the workflow cancels the wait."""
+        image = self.deployments.get(name)
+        if {image, f"{name} {image}"} & self.hanging:
+            await self._heartbeat_until_cancelled()
+
+    async def _heartbeat_until_cancelled(self) -> None:
+        self.hung += 1
+        try:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+        finally:
+            self.hung -= 1
 
     @activity.defn(name="read_deployment")
     async def read_deployment(self, target: DeploymentTarget) -> DeploymentSnapshot | None:
@@ -224,6 +231,8 @@ class FakeCluster:
     async def wait_for_pods(self, wait: PodsWait) -> PodsObserved:
         started = activity.info().current_attempt_scheduled_time
         if wait.until == "gone":
+            if self.scale_down_hangs:
+                await self._heartbeat_until_cancelled()
             self.actions.append(f"gone {wait.name}")
             return PodsObserved(at=started + self.gone_after, replicas=0, ready_replicas=0, message="0 pod(s) left")
         await self._fail_if_never_ready(wait, "never ready", "get a first ready pod")

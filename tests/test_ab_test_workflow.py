@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
@@ -11,7 +12,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from deploy_models import Decision, DeploymentResult, Outcome, Phase, parse_spec
-from tests.conftest import start_run, until_phase, worker_for_test
+from tests.conftest import eventually, start_run, until_phase, worker_for_test
 from tests.fakes import FakeCluster
 from workflows.ab_test import AbTestWorkflow
 
@@ -186,3 +187,19 @@ async def test_first_deployment_has_nothing_to_compare_with(
     result = await (await start(time_skipping_env, task_queue)).result()
     assert result.outcome == Outcome.PROMOTED and "first deployment" in result.reason
     assert cluster.routes == ["primary"] and cluster.measurements == []
+
+
+async def test_abort_during_promotion_puts_stable_back_and_removes_the_route(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    cluster.hanging.add("myapp-stable myapp:2.0")  # B won; stable's rollout to B takes its time
+    handle = await start(time_skipping_env, task_queue)
+    outcome = asyncio.ensure_future(handle.result())  # awaiting the result lets the server skip the hour
+    await eventually(lambda: cluster.hung > 0, what="stable's rollout under way")
+    assert (await handle.query(AbTestWorkflow.status)).phase == Phase.PROMOTING
+    await handle.signal(AbTestWorkflow.abort, Decision(by="grace", reason="legal review"))
+    result = await outcome
+
+    assert result.outcome == Outcome.ABORTED and result.by == "grace"
+    assert cluster.deployments["myapp-stable"] == "myapp:1.0" and cluster.replicas["myapp-stable"] == 3
+    assert cluster.routes == ["primary"] and cluster.canary_weight == 0 and cluster.replicas["myapp-canary"] == 0

@@ -283,3 +283,37 @@ async def test_canary_never_ready_gets_no_traffic(
     assert result.outcome == Outcome.ROLLED_BACK and "progress deadline" in result.reason
     assert [w for _, w in cluster.weights] == [0]  # the rollback re-asserts 0; never above
     assert cluster.replicas["myapp-canary"] == 0
+
+
+async def test_a_failed_promotion_puts_stable_back_as_it_was(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    """The canary passed, but stable never gets ready with the new image: stable's recorded
+    template comes back (and is ready again) before traffic returns to it."""
+    cluster.never_ready.add("myapp-stable myapp:2.0")
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1m"}}]
+    result = await (await start(time_skipping_env, task_queue, spec(steps))).result()
+
+    assert result.outcome == Outcome.ROLLED_BACK and "rollout of myapp-stable" in result.reason
+    assert cluster.deployments["myapp-stable"] == "myapp:1.0" and cluster.replicas["myapp-stable"] == 3
+    assert cluster.canary_weight == 0 and cluster.replicas["myapp-canary"] == 0
+    actions = cluster.actions
+    assert actions.index("restore myapp-stable myapp:1.0 replicas=3") < actions.index("weight 0")
+    assert actions[-2:] == ["scale myapp-canary 0", "ready myapp-stable"]  # the restored stable is ready again
+    assert any(e.kind == "restored" for e in result.events)
+
+
+async def test_abort_during_promotion_puts_stable_back(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    cluster.hanging.add("myapp-stable myapp:2.0")  # stable's rollout to the new image takes its time
+    steps = [{"setWeight": 100}]
+    handle = await start(time_skipping_env, task_queue, spec(steps))
+    await until(handle, Phase.PROMOTING)
+    await eventually(lambda: cluster.hung > 0, what="stable's rollout under way")
+    await handle.signal(CanaryWorkflow.abort, Decision(by="erin", reason="wrong tag"))
+    result = await handle.result()
+
+    assert result.outcome == Outcome.ABORTED and result.by == "erin" and "wrong tag" in result.reason
+    assert cluster.deployments["myapp-stable"] == "myapp:1.0"
+    assert cluster.canary_weight == 0 and cluster.replicas["myapp-canary"] == 0

@@ -10,12 +10,10 @@ all traffic back to it and scales the canary to 0.
 
 from __future__ import annotations
 
-import asyncio
-
 from temporalio import workflow
 
 from workflows.analysis import Variants
-from workflows.common import DeploymentWorkflow, Interrupted, StepFailed, workload_spec
+from workflows.common import DeploymentWorkflow, StepFailed, workload_spec
 
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
@@ -23,7 +21,9 @@ with workflow.unsafe.imports_passed_through():
         CanaryStep,
         DeploymentInput,
         DeploymentResult,
+        DeploymentSnapshot,
         DeploymentSpec,
+        DeploymentTarget,
         IstioTarget,
         ObjectRef,
         Outcome,
@@ -59,6 +59,9 @@ class CanaryWorkflow(DeploymentWorkflow):
         self.stable_name = f"{self.spec.app}-stable"
         self.canary_name = f"{self.spec.app}-canary"
         self.canary_started = False
+        # Runs started before this change promoted without recording stable first.
+        self.restores_stable = workflow.patched("restore-stable-after-failed-promotion")
+        self.stable_snapshot: DeploymentSnapshot | None = None  # stable as it was before promotion
 
     def variants(self) -> Variants:
         return Variants(
@@ -70,37 +73,26 @@ class CanaryWorkflow(DeploymentWorkflow):
 
     @workflow.run
     async def run(self, deployment: DeploymentInput) -> DeploymentResult:
+        return await self.settle(self._steps, self._roll_back)
+
+    async def _steps(self) -> DeploymentResult:
         spec = self.spec
         settings = spec.canary
-        try:
-            await self.admit()
-            if not await self._deploy_canary():
-                return await self._first_deployment()
+        if not await self._deploy_canary():
+            return await self._first_deployment()
 
-            for index, step in enumerate(settings.steps):
-                if self.promotion is not None:
-                    self.record("promote", f"skipping steps {index}..{len(settings.steps) - 1}")
-                    break
-                self.step = index
-                await self._run_step(index, step)
-
-            await self._promote()
-            reason = f"{spec.app} serves {spec.image} from {self.stable_name}"
+        for index, step in enumerate(settings.steps):
             if self.promotion is not None:
-                reason += f" (promoted early by {self.promotion.by})"
-            return await self.finish(Outcome.PROMOTED, reason, by=self.promotion.by if self.promotion else None)
-        except StepFailed as failure:
-            await self._roll_back(failure.reason)
-            return await self.finish(failure.outcome, failure.reason)
-        except Interrupted as interruption:
-            decision = interruption.decision
-            reason = f"{interruption.signal} by {decision.by}" + (f": {decision.reason}" if decision.reason else "")
-            await self._roll_back(reason)
-            return await self.finish(Outcome.ABORTED, reason, by=decision.by)
-        except asyncio.CancelledError:
-            await self._roll_back("the workflow was cancelled")
-            await self.finish(Outcome.ABORTED, "the workflow was cancelled")
-            raise
+                self.record("promote", f"skipping steps {index}..{len(settings.steps) - 1}")
+                break
+            self.step = index
+            await self._run_step(index, step)
+
+        await self._promote()
+        reason = f"{spec.app} serves {spec.image} from {self.stable_name}"
+        if self.promotion is not None:
+            reason += f" (promoted early by {self.promotion.by})"
+        return await self.finish(Outcome.PROMOTED, reason, by=self.promotion.by if self.promotion else None)
 
     async def _run_step(self, index: int, step: CanaryStep) -> None:
         label = f"step {index}"
@@ -190,8 +182,17 @@ class CanaryWorkflow(DeploymentWorkflow):
         self.record("weight", f"{self.target.canary_subset} {weight}%, {self.target.stable_subset} {100 - weight}%")
 
     async def _promote(self) -> None:
+        """Stable gets the new image (recorded first, so a failure or an abort puts it back),
+        then all traffic and the canary goes."""
         spec = self.spec
         self.set_phase(Phase.PROMOTING, f"giving {self.stable_name} the new image {spec.image}")
+        if self.restores_stable:
+            self.stable_snapshot = await self.kubernetes(
+                "record stable",
+                KubernetesActivities.read_deployment,
+                DeploymentTarget(namespace=spec.namespace, name=self.stable_name, app=spec.app),
+                summary=f"record Deployment {self.stable_name} before promotion",
+            )
         await self.roll_out(self._workload(self.target.stable_subset, self.stable_name), spec.routed.progress_deadline)
         await self._withdraw_routes()
         await self._set_weight(0, expected=None)
@@ -211,13 +212,17 @@ class CanaryWorkflow(DeploymentWorkflow):
             Outcome.PROMOTED, f"first deployment: {spec.app} serves {spec.image} (no stable version to compare with)"
         )
 
-    async def _roll_back(self, reason: str) -> None:
-        """All traffic to stable (verified by reading back), canary scaled to 0; retried until done."""
+    async def _roll_back(self, reason: str) -> str | None:
+        """All traffic to stable (verified by reading back) as it was before the run, canary
+        scaled to 0; retried until done. Returns what could not be put back, if anything."""
         if not self.canary_started:
-            return
+            return None
         spec = self.spec
         self.set_phase(Phase.ROLLING_BACK, reason)
         await self._withdraw_routes()
+        problem = None
+        if self.stable_snapshot is not None:  # promotion had begun: stable's old template back first
+            problem = await self.put_back(self.stable_snapshot)
         await self.restore(
             KubernetesActivities.set_canary_weight,
             WeightChange(target=self.target, weight=0),
@@ -230,7 +235,13 @@ class CanaryWorkflow(DeploymentWorkflow):
             ScaleRequest(namespace=spec.namespace, name=self.canary_name, replicas=0),
             summary=f"scale {self.canary_name} to 0",
         )
+        if self.stable_snapshot is not None and problem is None:
+            try:
+                await self.wait_for_rollout(spec.namespace, self.stable_name, spec.routed.progress_deadline, interruptible=False)
+            except StepFailed as failure:
+                problem = f"{self.stable_name} did not become ready again with {self.stable_snapshot.image}: {failure.reason}"
         self.record("rolledBack", f"{self.canary_name} scaled to 0; all traffic on {self.stable_name}")
+        return problem
 
     def _workload(self, version: str, name: str) -> WorkloadSpec:
         return workload_spec(self.spec, version, self.spec.routed.progress_deadline, name)

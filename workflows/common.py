@@ -33,6 +33,8 @@ with workflow.unsafe.imports_passed_through():
         MetricValue,
         Verdict,
         Decision,
+        DeploymentRestore,
+        DeploymentSnapshot,
         Downtime,
         DeploymentInput,
         DeploymentResult,
@@ -370,6 +372,17 @@ class DeploymentWorkflow:
     async def restore(self, method: Callable[..., Awaitable[T]], arg: Any, summary: str) -> T:
         """A compensating write: not interruptible, retried until it succeeds."""
         return await workflow.execute_activity_method(method, arg, summary=summary, **RESTORE_CALL)
+
+    async def put_back(self, snapshot: DeploymentSnapshot) -> str | None:
+        """Compensation: a Deployment's recorded template, replicas and strategy back, only over
+        what this run applied there. Returns why it could not, if it could not."""
+        outcome = await self.restore(
+            KubernetesActivities.restore_deployment,
+            DeploymentRestore(snapshot=snapshot, applied_image=self.spec.image),
+            summary=f"restore {snapshot.name} as recorded ({snapshot.image}, {snapshot.replicas} replicas)",
+        )
+        self.record("restored" if outcome.restored else "notRestored", outcome.message)
+        return None if outcome.restored else outcome.message
 
     async def roll_out(self, workload: WorkloadSpec, deadline: timedelta) -> RolloutState:
         """Apply a Deployment and wait until its rollout completes, failing at the deadline."""

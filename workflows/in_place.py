@@ -21,7 +21,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
     from deploy_models import (
         DeploymentInput,
-        DeploymentRestore,
         DeploymentSnapshot,
         DeploymentSpec,
         DeploymentTarget,
@@ -172,14 +171,9 @@ class InPlaceWorkflow(DeploymentWorkflow):
             self.record("removed", f"deleted Deployment {self.name}: nothing ran before this first deployment")
             return None
         assert self.snapshot is not None
-        outcome = await self.restore(
-            KubernetesActivities.restore_deployment,
-            DeploymentRestore(snapshot=self.snapshot, applied_image=self.spec.image),
-            summary=f"restore {self.name} as recorded ({self.snapshot.image}, {self.snapshot.replicas} replicas)",
-        )
-        self.record("restored" if outcome.restored else "notRestored", outcome.message)
-        if not outcome.restored:
-            return outcome.message
+        problem = await self.put_back(self.snapshot)
+        if problem is not None:
+            return problem
         try:
             await self.wait_until_restored()
         except StepFailed as failure:
