@@ -147,6 +147,71 @@ class Model(BaseModel):
 # The deployment spec
 
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+SECRET_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
+HTTP_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+class SecretKeyRef(Model):
+    """A key of a Kubernetes Secret in the deployment's namespace."""
+
+    name: str
+    key: str
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        return _dns_subdomain(value)
+
+    @field_validator("key")
+    @classmethod
+    def _key(cls, value: str) -> str:
+        return _matching(value, SECRET_KEY, 253, "a Secret key (letters, digits, '-', '_' and '.')")
+
+
+class SecretRef(Model):
+    """A secret value the worker reads only when it needs it, from its environment (`env`) or a
+    Kubernetes Secret (`secretKeyRef`), so that the workflow history holds the name, not the value."""
+
+    env: str | None = None
+    secret_key_ref: SecretKeyRef | None = None
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_NAME.match(value):
+            raise ValueError(f"{value!r} is not an environment variable name")
+        return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.env is None) == (self.secret_key_ref is None):
+            raise ValueError("set exactly one of env and secretKeyRef")
+        return self
+
+    def describe(self) -> str:
+        ref = self.secret_key_ref
+        return f"${self.env}" if ref is None else f"Secret {ref.name} key {ref.key}"
+
+
+class HeaderValue(Model):
+    """A request header's `value`, or `valueFrom` a secret (a token, an API key)."""
+
+    value: str | None = None
+    value_from: SecretRef | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, data: Any) -> Any:
+        return {"value": data} if isinstance(data, str) else data
+
+    @model_validator(mode="after")
+    def _one_source(self) -> HeaderValue:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError("set exactly one of value and valueFrom")
+        return self
+
+
 class SmokeTest(Model):
     """An HTTP GET that must answer `expectStatus` before traffic is moved.
 
@@ -159,6 +224,15 @@ class SmokeTest(Model):
     timeout: Duration = timedelta(seconds=5)
     retries: int = Field(3, ge=0, le=100)
     interval: Duration = timedelta(seconds=2)
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, HeaderValue]) -> dict[str, HeaderValue]:
+        for name in headers:
+            if not HTTP_HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not an HTTP header name")
+        return headers
 
     @field_validator("url")
     @classmethod
@@ -713,20 +787,6 @@ class Strategy(Model):
 
 NOTIFY_EVENTS = ("started", "awaitingApproval", "promoted", "rolledBack", "aborted", "failed")
 NotifyEvent = Literal["started", "awaitingApproval", "promoted", "rolledBack", "aborted", "failed"]
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-class SecretRef(Model):
-    """A value the worker reads from its environment, so that the history holds only the name."""
-
-    env: str
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, value: str) -> str:
-        if not ENV_NAME.match(value):
-            raise ValueError(f"{value!r} is not an environment variable name")
-        return value
 
 
 class Webhook(Model):
@@ -1180,6 +1240,8 @@ class SmokeCheck(Model):
     url: str
     expect_status: int
     timeout: Duration
+    namespace: str | None = None  # where a header's secretKeyRef is read
+    headers: dict[str, HeaderValue] = Field(default_factory=dict)
 
 
 class SmokeResult(Model):

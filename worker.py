@@ -40,7 +40,8 @@ from activities.kubernetes import KubernetesActivities
 from activities.metrics import measure
 from activities.notify import Notifier, worker_webhooks
 from activities.policy import NamespaceGuard, PolicyError, WorkerPolicy, load_policy
-from activities.smoke import smoke_test
+from activities.secrets import Secrets
+from activities.smoke import SmokeTester
 from deploy_models import NOTIFY_EVENTS
 from payload_codec import codec_from_environment, with_codec
 from workflows import TASK_QUEUE, WORKFLOWS
@@ -86,7 +87,7 @@ def activities_for(
 ) -> list[Any]:
     return [
         *KubernetesActivities(api).all(),
-        smoke_test,
+        SmokeTester(Secrets(api)).smoke_test,
         measure,
         (notifier or Notifier()).notify,
         (policy or WorkerPolicy()).admit,
@@ -141,11 +142,12 @@ async def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     runtime = metrics_runtime(args.metrics_host, args.metrics_port) if args.metrics_port else None
     temporal = await connect_temporal(runtime)
-    notifier = Notifier(
-        worker_webhooks(args.notify_url, args.notify_format, args.notify_events),
-        ui_url=os.environ.get("TEMPORAL_UI_URL"),
-    )
     async with await kubernetes_api(args.kubeconfig, args.context, args.in_cluster) as api:
+        notifier = Notifier(
+            worker_webhooks(args.notify_url, args.notify_format, args.notify_events),
+            ui_url=os.environ.get("TEMPORAL_UI_URL"),
+            secrets=Secrets(api),
+        )
         worker = build_worker(temporal, api, args.task_queue, notifier, policy)
         if args.metrics_port:
             logging.info("metrics at http://%s:%d/metrics", args.metrics_host, args.metrics_port)

@@ -3,14 +3,14 @@
 One activity call per phase change posts to the spec's webhooks for that event and to the
 worker's own (`--notify-url`). Delivery is at least once: a retry skips the webhooks an earlier
 attempt reached (recorded in the heartbeat details), and each payload carries a stable `id` so a
-receiver can drop a duplicate. A URL given as `urlFrom: {env: NAME}` is read here, from the
-worker's environment, so it never enters the workflow history.
+receiver can drop a duplicate. A URL given as `urlFrom: {env: NAME}` or
+`urlFrom: {secretKeyRef: {name, key}}` is read here (activities.secrets), so it never enters the
+workflow history.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,6 +18,7 @@ import aiohttp
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.secrets import Secrets
 from deploy_models import Notification, NotifyEvent, Webhook
 
 HEADLINES: dict[str, str] = {
@@ -65,14 +66,14 @@ def slack_payload(notification: Notification, link: str | None) -> dict[str, Any
 
 def target_key(webhook: Webhook) -> str:
     """A name for a webhook that is safe to record: a hash, never the (possibly secret) URL."""
-    source = webhook.url if webhook.url is not None else f"env:{webhook.url_from.env if webhook.url_from else ''}"
+    source = webhook.url if webhook.url is not None else f"ref:{webhook.url_from.describe() if webhook.url_from else ''}"
     return f"{webhook.format}:{hashlib.sha256(source.encode()).hexdigest()[:12]}"
 
 
 def describe(webhook: Webhook) -> str:
     """How logs and errors name a webhook: its host, or the variable holding its URL."""
     if webhook.url_from is not None:
-        return f"{webhook.format} webhook from ${webhook.url_from.env}"
+        return f"{webhook.format} webhook from {webhook.url_from.describe()}"
     host = (webhook.url or "").split("://", 1)[-1].split("/", 1)[0]
     return f"{webhook.format} webhook at {host}"
 
@@ -80,9 +81,10 @@ def describe(webhook: Webhook) -> str:
 class Notifier:
     """The `notify` activity, with the worker's own webhooks and the UI's address for links."""
 
-    def __init__(self, defaults: Sequence[Webhook] = (), ui_url: str | None = None) -> None:
+    def __init__(self, defaults: Sequence[Webhook] = (), ui_url: str | None = None, secrets: Secrets | None = None) -> None:
         self.defaults = list(defaults)
         self.ui_url = ui_url
+        self.secrets = secrets or Secrets()
 
     def targets(self, notification: Notification) -> list[Webhook]:
         return [hook for hook in [*notification.webhooks, *self.defaults] if notification.event in hook.events]
@@ -121,9 +123,10 @@ class Notifier:
         name = describe(hook)
         url = hook.url
         if hook.url_from is not None:
-            url = os.environ.get(hook.url_from.env)
-            if not url:
-                raise DeliveryFailed(f"{name}: the worker has no environment variable {hook.url_from.env}", retryable=False)
+            try:
+                url = await self.secrets.value(hook.url_from, notification.namespace, name)
+            except ApplicationError as error:
+                raise DeliveryFailed(error.message, retryable=not error.non_retryable) from None
         assert url is not None
         payload = slack_payload(notification, link) if hook.format == "slack" else generic_payload(notification, link)
         try:

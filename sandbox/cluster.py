@@ -79,6 +79,7 @@ SERVICES = kmock.resource('', 'v1', 'services')
 NAMESPACES = kmock.resource('', 'v1', 'namespaces')
 VIRTUALSERVICES = kmock.resource('networking.istio.io', 'v1', 'virtualservices')
 DESTINATIONRULES = kmock.resource('networking.istio.io', 'v1', 'destinationrules')
+SECRETS = kmock.resource('', 'v1', 'secrets')
 
 Key = tuple[kmock.resource, str | None, str]
 
@@ -428,6 +429,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         declare(NAMESPACES, 'Namespace', namespaced=False, subresources={'status', 'finalize'}, short={'ns'})
         declare(VIRTUALSERVICES, 'VirtualService', namespaced=True, subresources={'status'}, short={'vs'})
         declare(DESTINATIONRULES, 'DestinationRule', namespaced=True, subresources={'status'}, short={'dr'})
+        declare(SECRETS, 'Secret', namespaced=True, subresources=set(), short=set())
 
     def _declare(
         self, resource: kmock.resource, kind: str, *, namespaced: bool, subresources: set[str], short: set[str],

@@ -67,11 +67,12 @@ class ActivityCalls:
         self.apis = self._api_attributes()
 
     def _api_attributes(self) -> dict[str, str]:
-        """`self.apps = client.AppsV1Api(api)` → {"apps": "AppsV1Api"}."""
+        """`self.apps = client.AppsV1Api(api)` (or `... if api else None`) → {"apps": "AppsV1Api"}."""
         found = {}
         for node in ast.walk(self.tree):
-            if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call):
-                func = node.value.func
+            value = node.value.body if isinstance(node, ast.Assign) and isinstance(node.value, ast.IfExp) else getattr(node, "value", None)
+            if isinstance(node, ast.Assign) and isinstance(value, ast.Call):
+                func = value.func
                 name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
                 if name.endswith("Api") and name != "ApiClient":
                     for target in node.targets:
@@ -214,6 +215,7 @@ def test_the_derivation_sees_the_calls_it_must() -> None:
     assert ("", "services", "patch") in needed  # the guarded selector switch
     assert ("networking.istio.io", "virtualservices", "patch") in needed
     assert ("networking.istio.io", "destinationrules", "get") in needed  # plural through _read_istio
+    assert ("", "secrets", "get") in needed  # a secretKeyRef, read by activities.secrets
 
 
 def test_manifests_parse_and_run_the_worker_in_the_cluster() -> None:

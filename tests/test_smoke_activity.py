@@ -11,7 +11,7 @@ from aiohttp import web
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.smoke import smoke_test
+from activities.smoke import SmokeTester
 from deploy_models import SmokeCheck
 
 
@@ -47,24 +47,24 @@ def check(url: str, status: int = 200, timeout: float = 1.0) -> SmokeCheck:
 
 
 async def test_expected_status_passes(server: str) -> None:
-    result = await ActivityEnvironment().run(smoke_test, check(f"{server}/health"))
+    result = await ActivityEnvironment().run(SmokeTester().smoke_test, check(f"{server}/health"))
     assert result.status == 200 and result.elapsed_ms >= 0
 
 
 async def test_unexpected_status_is_a_retryable_verdict(server: str) -> None:
     with pytest.raises(ApplicationError) as caught:
-        await ActivityEnvironment().run(smoke_test, check(f"{server}/broken"))
+        await ActivityEnvironment().run(SmokeTester().smoke_test, check(f"{server}/broken"))
     assert caught.value.type == "SmokeTestFailed" and not caught.value.non_retryable
     assert "answered 503, expected 200" in caught.value.message
 
 
 async def test_expected_non_200_status(server: str) -> None:
-    result = await ActivityEnvironment().run(smoke_test, check(f"{server}/broken", status=503))
+    result = await ActivityEnvironment().run(SmokeTester().smoke_test, check(f"{server}/broken", status=503))
     assert result.status == 503
 
 
 async def test_timeout_and_refused_connection_fail(server: str) -> None:
     with pytest.raises(ApplicationError, match="TimeoutError"):
-        await ActivityEnvironment().run(smoke_test, check(f"{server}/slow", timeout=0.2))
+        await ActivityEnvironment().run(SmokeTester().smoke_test, check(f"{server}/slow", timeout=0.2))
     with pytest.raises(ApplicationError, match="failed"):
-        await ActivityEnvironment().run(smoke_test, check("http://127.0.0.1:1/health"))
+        await ActivityEnvironment().run(SmokeTester().smoke_test, check("http://127.0.0.1:1/health"))

@@ -23,7 +23,7 @@ from workflows.telemetry import Reporter
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
     from activities.policy import WorkerPolicy
-    from activities.smoke import smoke_test
+    from activities.smoke import SmokeTester
     from deploy_models import (
         OUTCOME_PHASE,
         Admission,
@@ -424,11 +424,17 @@ class DeploymentWorkflow:
         if smoke is None:
             return None
         url = smoke.url.format(**placeholders)
-        check = SmokeCheck(url=url, expect_status=smoke.expect_status, timeout=smoke.timeout)
+        check = SmokeCheck(
+            url=url,
+            expect_status=smoke.expect_status,
+            timeout=smoke.timeout,
+            namespace=self.spec.namespace,
+            headers=smoke.headers,  # secrets by reference: the activity reads them
+        )
         result = await self.interruptible(
             "smoke test",
-            workflow.execute_activity(
-                smoke_test,
+            workflow.execute_activity_method(
+                SmokeTester.smoke_test,
                 check,
                 summary=f"GET {url} expecting {smoke.expect_status}",
                 start_to_close_timeout=smoke.timeout + timedelta(seconds=5),
