@@ -6,6 +6,7 @@ import base64
 import re
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +42,18 @@ async def app_behind_auth() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_get("/health", health)
+    async with serving(app) as url:
+        yield f"{url}/health"
+
+
+@asynccontextmanager
+async def serving(app: web.Application) -> AsyncIterator[str]:
+    """`app` on a free local port, for as long as the block lasts."""
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}/health"
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
 
@@ -113,18 +121,13 @@ async def test_a_webhook_url_from_a_kubernetes_secret(kubernetes: client.ApiClie
 
     app = web.Application()
     app.router.add_post("/hook", hook)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    try:
-        url = f"http://127.0.0.1:{runner.addresses[0][1]}/hook"
+    async with serving(app) as url:
+        secret = {"url": base64.b64encode(f"{url}/hook".encode()).decode()}
         await client.CoreV1Api(kubernetes).create_namespaced_secret(
-            namespace="default", body={"metadata": {"name": "chat"}, "data": {"url": base64.b64encode(url.encode()).decode()}}
+            namespace="default", body={"metadata": {"name": "chat"}, "data": secret}
         )
         webhook = {"urlFrom": {"secretKeyRef": {"name": "chat", "key": "url"}}}
         delivered = await ActivityEnvironment().run(Notifier(secrets=Secrets(kubernetes)).notify, notification(webhooks=[webhook]))
-    finally:
-        await runner.cleanup()
     assert delivered == ["generic webhook from Secret chat key url"] and len(received) == 1
 
 
