@@ -30,6 +30,12 @@ change, so an injected error never mutates the stored objects::
     # Or raise the Status from the reaction (rendered the same way):
     view[len(view):len(view) + 1] << kmock.KubernetesError(500, 'InternalError', 'boom')
 
+To act while a request is in flight (sent, not yet applied), hold it at a gate::
+
+    with cluster.hold('PATCH', '/apis/apps/v1/namespaces/default/deployments/web') as gate:
+        await gate.arrived.wait()  # a PATCH waits here; kill its client, say
+    # leaving the block releases it: the write is applied as if nothing had happened
+
 Deviations from a real API server worth knowing: no schema validation or
 admission, no server-side apply (415), no pagination, no cascading deletion,
 and a watch resumed from a resourceVersion replays the latest state of what
@@ -47,7 +53,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Self
 
 import aiohttp.web
@@ -61,6 +67,7 @@ __all__ = [
     'ClusterEmulator',
     'DEPLOYMENTS',
     'DESTINATIONRULES',
+    'Gate',
     'NAMESPACES',
     'ReadyPods',
     'SERVICES',
@@ -371,6 +378,58 @@ def _int_or_percent(value: Any, total: int, default: str) -> int:
     return int(value)
 
 
+@dataclasses.dataclass
+class Gate:
+    """
+    Requests with ``method`` on exactly ``path`` wait here, after they arrived and before anything
+    is written, until :meth:`release`: how a test acts at the moment a write is in flight.
+
+    A held request is served on release even if its client has gone meanwhile (a killed
+    worker's write still lands, unreported). ``arrived`` is set at the first such request;
+    ``held`` lists them all. A gate is also a context manager that releases it on exit, so a
+    failing test never leaves requests stuck.
+    """
+
+    method: str
+    path: str
+    arrived: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    released: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    held: list[kmock.Request] = dataclasses.field(default_factory=list)
+    _serving: set[asyncio.Task[Any]] = dataclasses.field(default_factory=set)
+
+    def holds(self, request: kmock.Request) -> bool:
+        return (
+            not self.released.is_set()
+            and request.method == kmock.method(self.method)
+            and request.url.path == self.path
+        )
+
+    async def serve_on_release(
+        self, request: kmock.Request, serve: Callable[[kmock.Request], Awaitable[aiohttp.web.StreamResponse]],
+    ) -> aiohttp.web.StreamResponse:
+        """Serve `request` once released, in a task of its own that a client disconnect does not cancel."""
+        self.held.append(request)
+        self.arrived.set()
+
+        async def when_released() -> aiohttp.web.StreamResponse:
+            await self.released.wait()
+            return await serve(request)
+
+        task = asyncio.create_task(when_released(), name=f'held {self.method} {self.path}')
+        self._serving.add(task)
+        task.add_done_callback(self._serving.discard)
+        return await asyncio.shield(task)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.release()
+
+
 # The emulator ----------------------------------------------------------------------------------
 
 @attrs.define(kw_only=True)
@@ -417,6 +476,7 @@ class ClusterEmulator(kmock.KubernetesEmulator):
     _rollouts: dict[Key, _Rollout] = attrs.field(factory=dict, init=False)
     _controller: asyncio.Task[None] | None = attrs.field(default=None, init=False)
     _proxy_counter: int = attrs.field(default=0, init=False)
+    _gates: list[Gate] = attrs.field(factory=list, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -456,6 +516,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
         await super().__aexit__(*exc_info)
 
     # Public accessors --------------------------------------------------------------------------
+
+    def hold(self, method: str, path: str) -> Gate:
+        """Hold every ``method`` request on ``path`` (the URL path, no query) until the gate is released."""
+        gate = Gate(method, path)
+        self._gates = [g for g in self._gates if not g.released.is_set()] + [gate]
+        return gate
 
     def get(self, resource: str | kmock.resource, namespace: str | None, name: str) -> dict[str, Any] | None:
         """
@@ -568,6 +634,12 @@ class ClusterEmulator(kmock.KubernetesEmulator):
             self._requests[:] = [fixed if r is request else r for r in self._requests]
             request = fixed
 
+        gate = next((gate for gate in self._gates if gate.holds(request)), None)
+        if gate is not None:
+            return await gate.serve_on_release(request, self._respond)
+        return await self._respond(request)
+
+    async def _respond(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         # Skip the parent's eager state mutation: user reactions go first (by priority),
         # the writes happen only in the fallback handlers below if nothing intercepted.
         try:

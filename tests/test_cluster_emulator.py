@@ -538,3 +538,31 @@ async def test_kubeconfig_loads_in_both_clients(cluster: Cluster, tmp_path: Path
     aio_config = kubernetes.aio.client.Configuration()
     await kubernetes.aio.config.load_kube_config(config_file=str(path), client_configuration=aio_config)
     assert aio_config.host == cluster.url
+
+
+@pytest.mark.asyncio
+async def test_held_write_applies_after_release_even_if_its_client_left(cluster: Cluster) -> None:
+    await call(cluster.apps.create_namespaced_deployment, namespace=NS, body=make_deployment('web', 'app:v1'))
+    await call(cluster.apps.create_namespaced_deployment, namespace=NS, body=make_deployment('api', 'app:v1'))
+    path = f'/apis/apps/v1/namespaces/{NS}/deployments/web'
+    with cluster.emulator.hold('PATCH', path) as gate:
+        async with aiohttp.ClientSession() as session:
+            with pytest.raises(asyncio.TimeoutError):  # the client gives up (as a killed one would)
+                await session.patch(
+                    cluster.url + path, json={'spec': {'replicas': 3}},
+                    headers={'Content-Type': 'application/merge-patch+json'},
+                    timeout=aiohttp.ClientTimeout(total=0.5),
+                )
+        assert gate.arrived.is_set() and [r.data for r in gate.held] == [{'spec': {'replicas': 3}}]
+        # only that method on that path waits: reads of it and writes elsewhere go through
+        assert (await call(cluster.apps.read_namespaced_deployment, name='web', namespace=NS)).spec.replicas == 1
+        await call(cluster.apps.patch_namespaced_deployment, name='api', namespace=NS, body={'spec': {'replicas': 2}})
+        assert cluster.emulator.get(DEPLOYMENTS, NS, 'api')['spec']['replicas'] == 2
+
+    async def applied() -> bool:
+        return cluster.emulator.get(DEPLOYMENTS, NS, 'web')['spec']['replicas'] == 3
+
+    await eventually(applied, 'the held PATCH to be applied after its release')
+    # once released, later requests are not held
+    patched = await call(cluster.apps.patch_namespaced_deployment, name='web', namespace=NS, body={'spec': {'replicas': 4}})
+    assert patched.spec.replicas == 4 and len(gate.held) == 1
