@@ -874,7 +874,8 @@ class DeploymentSpec(Model):
     @model_validator(mode="after")
     def _analysis_fits_the_strategy(self) -> DeploymentSpec:
         """A/B compares B with A, so it needs a relative check; rolling and recreate run one
-        version at a time, so they have nothing to compare with."""
+        version at a time, and blue/green measures when only the new colour serves, so they have
+        nothing to compare with."""
         checks = self.analysis.checks if self.analysis else []
         if self.strategy.type == "abTest" and not any(check.relative for check in checks):
             where = "analysis.checks" if self.analysis else "analysis"
@@ -882,13 +883,24 @@ class DeploymentSpec(Model):
                 f"{where}: an abTest compares variant B with variant A: it needs at least one check with "
                 "`relative` bounds (e.g. relative: {maxIncrease: 0} for an error rate)"
             )
-        if self.strategy.type in ("rolling", "recreate"):
+        one_version = {
+            "rolling": "rolling runs one version at a time",
+            "recreate": "recreate runs one version at a time",
+            "blueGreen": "blueGreen measures after the switch, when only the new colour has traffic",
+        }.get(self.strategy.type)
+        if one_version is not None:
             for index, check in enumerate(checks):
                 if check.relative is not None:
                     raise ValueError(
-                        f"analysis.checks[{index}].relative: {self.strategy.type} runs one version at a time, "
+                        f"analysis.checks[{index}].relative: {one_version}, "
                         "so there is no stable version to compare with (use min/max)"
                     )
+        if self.strategy.type == "blueGreen" and self.analysis is not None:
+            if self.blue_green.scale_down_delay <= timedelta(0):
+                raise ValueError(
+                    "strategy.blueGreen.scaleDownDelay: 0s leaves no time to analyse the new colour after the "
+                    "switch (set a delay, or remove analysis)"
+                )
         return self
 
     @property

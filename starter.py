@@ -114,6 +114,8 @@ def check_queries(spec: DeploymentSpec, path: str) -> None:
     if spec.strategy.type in ("canary", "abTest"):
         subsets = spec.istio.destination_rule
         canary, stable = subsets.canary_subset_name, subsets.stable_subset_name
+    elif spec.strategy.type == "blueGreen":
+        canary, stable = "green", "blue"
     else:  # one version at a time: its label is only known when the run reads the Deployment
         canary = stable = FIRST_VERSION
     variants = Variants(app=spec.app, namespace=spec.namespace, canary=canary, stable=stable)

@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import logging
 import os
+from datetime import timedelta
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,6 +47,9 @@ from deploy_models import NOTIFY_EVENTS
 from payload_codec import codec_from_environment, with_codec
 from workflows import TASK_QUEUE, WORKFLOWS
 from workflows.telemetry import BUCKETS
+
+
+ABORT_NOTICE = timedelta(seconds=1)
 
 
 async def connect_temporal(runtime: Runtime | None = None) -> Client:
@@ -108,6 +112,9 @@ def build_worker(
         workflows=list(WORKFLOWS.values()),
         activities=activities_for(api, notifier, policy),
         interceptors=[NamespaceGuard(policy)],
+        # A poll (a rollout wait) reports to the server at least every second, so it learns of an
+        # abort's cancellation within about a second instead of 0.8 × its heartbeat timeout.
+        max_heartbeat_throttle_interval=ABORT_NOTICE,
     )
 
 

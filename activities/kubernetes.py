@@ -531,13 +531,14 @@ class KubernetesActivities:
             raise ApplicationError(f"{where} does not exist", type="KubernetesRejected", non_retryable=True)
         index, route = find_route(service, target)
         stable, canary = route_weights(route, target)
-        if (stable, canary) == (100 - change.weight, change.weight):
-            return change.weight  # already there (a retry after success)
+        there = (stable, canary) == (100 - change.weight, change.weight)
+        if there and (change.expected in (None, change.weight) or activity.info().attempt > 1):
+            return change.weight  # already there (unchanged, or an earlier attempt's write)
         if change.expected is not None and canary != change.expected:
             raise ApplicationError(
                 f"{where} sends {canary}% to {target.canary_subset} and {stable}% to {target.stable_subset}, "
-                f"but tidegate set {change.expected}%: someone else changed it, so tidegate does not "
-                "overwrite it",
+                f"but tidegate set {change.expected}%: someone else changed it; tidegate does not go on "
+                "with a split it did not set",
                 type="ConcurrentEdit",
                 non_retryable=True,
             )

@@ -125,6 +125,8 @@ class FakeCluster:
             raise ApplicationError("500 etcd unavailable", type="KubernetesTransient")
         if change.expected is not None and change.expected != self.canary_weight:
             raise ApplicationError("someone else changed it", type="ConcurrentEdit", non_retryable=True)
+        if change.expected == change.weight:
+            return change.weight  # a check: nothing to write
         self.actions.append(f"weight {change.weight}")
         self.canary_weight = change.weight
         self.weights.append((activity.info().current_attempt_scheduled_time, change.weight))

@@ -205,3 +205,46 @@ async def test_status_query_reports_phase_colours_and_events(
     assert status.events[0].by == "ci"
     await handle.signal(BlueGreenWorkflow.abort, Decision(by="ci"))
     await handle.result()
+
+
+def analysed(**blue_green: Any) -> Any:
+    return parse_spec(
+        {
+            "app": "myapp",
+            "image": "myapp:2.0",
+            "strategy": {"type": "blueGreen", "blueGreen": {"scaleDownDelay": "5m", **blue_green}},
+            "analysis": {"prometheus": {"url": "http://prometheus:9090"}, "interval": "1m"},
+        }
+    )
+
+
+async def test_analysis_watches_the_new_colour_while_the_old_one_is_kept(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    handle = await time_skipping_env.client.start_workflow(
+        BlueGreenWorkflow.run, DeploymentInput(spec=analysed(), requested_by="ci"),
+        id=f"deploy-{uuid.uuid4()}", task_queue=task_queue,
+    )
+    result = await handle.result()
+    assert result.outcome == Outcome.PROMOTED and cluster.services == {"myapp": "green"}
+    assert len(cluster.measurements) == 5  # every minute of the 5-minute window
+    switched = event_time(result, "switched")
+    assert all(switched < at <= switched + timedelta(minutes=5, seconds=1) for at in cluster.measurements)
+    last = (await handle.query(BlueGreenWorkflow.status)).last_measurement
+    assert last is not None and 'version="green"' in last.checks[0].query
+
+
+async def test_a_failed_analysis_after_the_switch_switches_back(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    cluster.metrics = lambda name, weight, at: 0.05 if len(cluster.measurements) >= 3 and "error" in name else 0.001
+    result = await (
+        await time_skipping_env.client.start_workflow(
+            BlueGreenWorkflow.run, DeploymentInput(spec=analysed(), requested_by="ci"),
+            id=f"deploy-{uuid.uuid4()}", task_queue=task_queue,
+        )
+    ).result()
+    assert result.outcome == Outcome.ROLLED_BACK and "error-rate = 0.05, above 0.01" in result.reason
+    assert len(cluster.measurements) == 3
+    assert cluster.services == {"myapp": "blue"} and cluster.deployments == {"myapp-blue": "myapp:1.0"}
+    assert event_time(result, "switchedBack") - event_time(result, "switched") < timedelta(minutes=3, seconds=5)

@@ -218,7 +218,7 @@ async def test_conflict_on_every_weight_patch_fails_the_run_without_moving_traff
 
     assert result.outcome == Outcome.FAILED
     assert "setWeight 20" in result.reason and "VirtualService default/myapp" in result.reason
-    assert "409 Conflict" in result.reason
+    assert "409 Conflict" in result.reason and "(its retries are spent)" in result.reason
     # the budget: 10 attempts, then the run ends
     weight_write, rollback = await activity_ends(handle, "set_canary_weight")
     assert weight_write.attempt == 10 and faults.requests("patch", VIRTUALSERVICES) == 10
@@ -308,16 +308,16 @@ async def test_a_hand_edit_of_the_weights_is_detected_and_never_continued(faults
     edited_at = observing.events[-1].at  # (the clock has not moved since)
     result = await faults.finish(handle)
 
-    assert result.outcome == Outcome.FAILED  # the cluster was changed under the run: not a verdict
-    assert "setWeight 50" in result.reason
+    assert result.outcome == Outcome.ABORTED  # someone else intervened: the run stops, not a verdict
+    assert "check weight" in result.reason
     assert "sends 40% to v2 and 60% to v1, but tidegate set 20%: someone else changed it" in result.reason
     # traffic ends at 100% stable; the run never went on from the hand-edited split
     assert faults.weights() == (100, 0)
     assert faults.deployment("myapp-canary")["spec"]["replicas"] == 0
     assert faults.image("myapp-stable") == "myapp:1.0"
     assert [e.message for e in result.events if e.kind == "weight"] == ["v2 20%, v1 80%", "v2 0%, v1 100%"]
-    # noticed at the next step, at the latest
+    # noticed at the next measurement (30 s apart; the test's clock moves 5 s at a time), long
+    # before the next step
     detected = next(e.at for e in result.events if e.kind == "phase" and e.message.startswith("RollingBack"))
-    next_step = next(e.at for e in result.events if e.kind == "phase" and "step 2: setWeight 50" in e.message)
-    assert detected - next_step < timedelta(minutes=1)
-    print(f"\nhand edit noticed {(detected - edited_at).total_seconds():.0f}s of workflow time after it was made")
+    assert detected - edited_at < timedelta(seconds=40)
+    assert not any("step 2: setWeight 50" in e.message for e in result.events)

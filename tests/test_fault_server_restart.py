@@ -6,7 +6,7 @@ matter to the mechanism (the timer is a row in the server's database, due at an 
 which the restarted server loads and fires). Two outages: one that ends before the timer is due
 (it then fires on time) and one that lasts past it (it fires once, right after recovery).
 
-The dev server binary is run here, not through the session's `dev_env`, so that this test alone
+The dev server binary is run here, not through the shared `dev_env` fixture, so that this test alone
 can stop it. The worker runs in this process (the fake activities of tests/fakes.py) and is NOT
 restarted: it outlives the outage and reconnects by itself.
 """

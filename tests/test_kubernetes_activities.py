@@ -256,6 +256,15 @@ async def test_hand_edited_weights_are_detected(kube: Kube) -> None:
         await kube.run(acts.set_canary_weight, WeightChange(target=TARGET, weight=25, expected=5))
     assert caught.value.type == "ConcurrentEdit" and "50%" in caught.value.message
     assert [d["weight"] for d in route_of(kube)] == [50, 50]
+    # an edit to the very weight of the next step is someone else's too (on a first attempt)
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.set_canary_weight, WeightChange(target=TARGET, weight=50, expected=5))
+    assert caught.value.type == "ConcurrentEdit"
+    # a check (the weight unchanged) reads and compares: equal passes, different is caught
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(acts.set_canary_weight, WeightChange(target=TARGET, weight=5, expected=5))
+    assert caught.value.type == "ConcurrentEdit"
+    assert await kube.run(acts.set_canary_weight, WeightChange(target=TARGET, weight=50, expected=50)) == 50
     # the rollback does not ask what was there: it restores 100% stable
     await kube.run(acts.set_canary_weight, WeightChange(target=TARGET, weight=0))
     assert [d["weight"] for d in route_of(kube)] == [100, 0]

@@ -124,6 +124,17 @@ def test_durations(text: str, seconds: float) -> None:
             ),
             "analysis.checks[0].relative: needs maxIncrease, maxRatio, minIncrease or minRatio",
         ),
+        (
+            spec(
+                strategy={"type": "blueGreen"},
+                analysis={"prometheus": {"url": "http://p:9090"}, "checks": [{"name": "e", "query": "q", "relative": {"maxRatio": 2}}]},
+            ),
+            "(spec): analysis.checks[0].relative: blueGreen measures after the switch, when only the new colour has traffic",
+        ),
+        (
+            spec(strategy={"type": "blueGreen", "blueGreen": {"scaleDownDelay": "0s"}}, analysis={"prometheus": {"url": "http://p:9090"}}),
+            "(spec): strategy.blueGreen.scaleDownDelay: 0s leaves no time to analyse the new colour",
+        ),
         (spec(strategy={"type": "fast"}), "strategy.type: 'fast' is not one of the choices"),
         (spec(strategy={}), "strategy.type: is required"),
         (spec(replica=3), "replica: is not a known field"),

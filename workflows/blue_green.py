@@ -3,7 +3,8 @@
 Two Deployments `{app}-blue` and `{app}-green`; one Service whose `version` selector decides
 which colour gets all the traffic. The new colour is rolled out and smoke tested while the old
 one keeps serving; the switch is one selector patch; the old colour is kept for `scaleDownDelay`
-(a durable timer) so that `rollback` is instant, then deleted.
+(a durable timer) so that `rollback` is instant, then deleted. With `analysis`, the new colour
+is measured all through that window, and a failed analysis switches back at once.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 
 from temporalio import workflow
 
+from workflows.analysis import Variants
 from workflows.common import (
     DeploymentWorkflow,
     Interrupted,
@@ -39,6 +41,17 @@ class BlueGreenWorkflow(DeploymentWorkflow):
     def __init__(self, deployment: DeploymentInput) -> None:
         self._begin(deployment)
         self.switched = False
+        # Runs started before this change ignored `analysis`: they keep the old colour untimed.
+        self.analyses_after_switch = self.spec.analysis is not None and workflow.patched("blue-green-analysis")
+
+    def variants(self) -> Variants:
+        """The new colour's pods against the previous colour's (labelled `version: blue|green`)."""
+        return Variants(
+            app=self.spec.app,
+            namespace=self.spec.namespace,
+            canary=self.new_version or "",
+            stable=self.previous_version or "",
+        )
 
     @workflow.run
     async def run(self, deployment: DeploymentInput) -> DeploymentResult:
@@ -106,7 +119,10 @@ class BlueGreenWorkflow(DeploymentWorkflow):
                     Phase.KEEPING_PREVIOUS,
                     f"keeping {spec.app}-{current} for {format_duration(delay)} for instant rollback",
                 )
-                await self.hold(delay, f"keep {current} for rollback")
+                if self.analyses_after_switch:
+                    await self.observe(delay, f"analysis of {new} while {current} is kept")
+                else:
+                    await self.hold(delay, f"keep {current} for rollback")
                 self.set_phase(Phase.CLEANING_UP, f"deleting {spec.app}-{current}")
                 await self.restore(
                     KubernetesActivities.delete_deployment,
@@ -182,9 +198,16 @@ def plan(spec: DeploymentSpec) -> list[str]:
             "wait for an approve signal"
             + (f" (aborts after {format_duration(timeout)})" if timeout else " (no time limit)")
         )
+    analysis = spec.analysis
+    watching = (
+        f"; analysis every {format_duration(analysis.interval)}: {', '.join(c.name for c in analysis.checks)}, "
+        "a failed analysis switches back"
+        if analysis
+        else ""
+    )
     steps += [
         f"switch Service {service} to the new colour (all traffic at once)",
-        f"keep the old colour for {format_duration(settings.scale_down_delay)} (durable timer; "
+        f"keep the old colour for {format_duration(settings.scale_down_delay)} (durable timer{watching}; "
         "rollback or abort switches back at once)",
         "delete the old colour's Deployment",
     ]

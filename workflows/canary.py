@@ -62,6 +62,8 @@ class CanaryWorkflow(DeploymentWorkflow):
         # Runs started before this change promoted without recording stable first.
         self.restores_stable = workflow.patched("restore-stable-after-failed-promotion")
         self.stable_snapshot: DeploymentSnapshot | None = None  # stable as it was before promotion
+        # Runs started before this change checked the weight at each step only.
+        self.checks_weight_at_measurements = workflow.patched("check-weight-at-measurements")
 
     def variants(self) -> Variants:
         return Variants(
@@ -169,6 +171,17 @@ class CanaryWorkflow(DeploymentWorkflow):
         if self.weight != 0:
             self.record("routing", f"found {self.weight}% on {self.target.canary_subset}; resetting to 0")
             await self._set_weight(0, expected=None)
+
+    async def check_traffic(self) -> None:
+        """A hand edit of the weights is caught at the next measurement, not only at the next
+        step: the same guarded call with the weight unchanged reads and compares, writes nothing."""
+        if self.checks_weight_at_measurements and self.weight is not None:
+            await self.kubernetes(
+                "check weight",
+                KubernetesActivities.set_canary_weight,
+                WeightChange(target=self.target, weight=self.weight, expected=self.weight),
+                summary=f"check canary weight is still {self.weight}%",
+            )
 
     async def _set_weight(self, weight: int, expected: int | None) -> None:
         """Move the weight; a weight someone else changed ends the run (and rolls back)."""

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
 from workflows.analysis import AnalysisLimits, Variants, judge, queries
 from workflows.telemetry import Reporter
@@ -91,7 +91,8 @@ def polling(deadline: timedelta) -> dict[str, Any]:
     """Options of an activity that polls the cluster (heartbeating) until `deadline` from now.
 
     An abort cancels the poll and waits until it has stopped (it learns of the cancellation at
-    its next heartbeat, within 0.8 × ROLLOUT_HEARTBEAT): no poller outlives the step it served.
+    its next heartbeat; worker.py's worker sends one at least every ABORT_NOTICE, a second): no
+    poller outlives the step it served.
     """
     return dict(
         start_to_close_timeout=deadline + timedelta(minutes=1),
@@ -104,6 +105,8 @@ def polling(deadline: timedelta) -> dict[str, Any]:
 # Activity failures that are a verdict on the new version (it rolls back, exit code 3), as
 # opposed to the tool or the cluster failing (exit code 1).
 VERDICT_ERRORS = {"RolloutFailed", "SmokeTestFailed"}
+# Someone else changed what the run had set: it stops (an abort, exit code 3) rather than go on.
+INTERVENTION_ERRORS = {"ConcurrentEdit"}
 
 
 class StepFailed(Exception):
@@ -129,8 +132,14 @@ def _failure_reason(step: str, error: ActivityError) -> StepFailed:
     while isinstance(cause, ActivityError) and cause.cause is not None:
         cause = cause.cause
     message = cause.message if cause is not None and hasattr(cause, "message") else str(error)
-    verdict = isinstance(cause, ApplicationError) and cause.type in VERDICT_ERRORS
-    return StepFailed(f"{step}: {message}", Outcome.ROLLED_BACK if verdict else Outcome.FAILED)
+    if error.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
+        message += " (its retries are spent)"
+    elif error.retry_state == RetryState.TIMEOUT:
+        message += " (out of time)"
+    kind = cause.type if isinstance(cause, ApplicationError) else None
+    if kind in VERDICT_ERRORS:
+        return StepFailed(f"{step}: {message}", Outcome.ROLLED_BACK)
+    return StepFailed(f"{step}: {message}", Outcome.ABORTED if kind in INTERVENTION_ERRORS else Outcome.FAILED)
 
 
 class DeploymentWorkflow:
@@ -495,6 +504,10 @@ class DeploymentWorkflow:
         """The version labels a strategy compares; strategies that measure override this."""
         raise NotImplementedError
 
+    async def check_traffic(self) -> None:
+        """Before each measurement: is traffic still split as this run set it? (Strategies that
+        split traffic override this; someone else's change ends the run.)"""
+
     async def measure(self, check_names: list[str] | None = None) -> Measurement:
         """Run the checks once through Prometheus and judge the result (no limits applied)."""
         analysis = self.spec.analysis
@@ -564,6 +577,7 @@ class DeploymentWorkflow:
                 if self.promotion is not None or self.approval is not None:
                     break
                 if analysis is not None:
+                    await self.check_traffic()
                     measurement = await self.measure()
                     self.count(measurement)
                     passed += measurement.verdict == Verdict.PASS
@@ -650,6 +664,15 @@ class DeploymentWorkflow:
 
     async def finish(self, outcome: Outcome, reason: str, by: str | None = None) -> DeploymentResult:
         """Record the outcome, show it, and return it once every signal handler is done."""
+        if outcome == Outcome.PROMOTED and self.interruption is not None:
+            signal, decision = self.interruption
+            self.record(
+                "tooLate",
+                f"{signal} by {decision.by} came when nothing could be undone any more; "
+                "`tidegate undo` deploys the previous image again",
+                by=decision.by,
+                reason=decision.reason,
+            )
         self.set_phase(OUTCOME_PHASE[outcome], reason, by=by)
         self.reporter.finished(outcome, reason, self.failed_measurement)
         self.result = DeploymentResult(
