@@ -42,7 +42,14 @@ from deploy_models import (
     parse_spec,
 )
 from workflows import PLANS, TASK_QUEUE, WORKFLOWS, workflow_id
-from workflows.common import DEPLOY_APP, DEPLOY_IMAGE, DEPLOY_NAMESPACE, DEPLOY_PHASE, DEPLOY_STRATEGY
+from workflows.common import (
+    DEPLOY_APP,
+    DEPLOY_IMAGE,
+    DEPLOY_NAMESPACE,
+    DEPLOY_PHASE,
+    DEPLOY_STRATEGY,
+    describe_downtime,
+)
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -267,6 +274,17 @@ def print_status(status: DeploymentStatus, out: TextIO) -> None:
     print(f"active:  {status.active_version or '-'}   new: {status.new_version or '-'}", file=out)
     if status.timer_ends_at:
         print(f"timer:   ends {status.timer_ends_at:%Y-%m-%d %H:%M:%S} UTC", file=out)
+    if status.weight is not None:
+        step = f" (step {status.step})" if status.step is not None else ""
+        print(f"weight:  {status.weight}% to the new version{step}", file=out)
+    if status.downtime is not None:
+        print(f"downtime: {describe_downtime(status.downtime)}", file=out)
+    if status.last_measurement is not None:
+        measurement = status.last_measurement
+        figures = "; ".join(
+            f"{c.name} {'no data' if c.value is None else f'{c.value:.4g}'} ({c.verdict.value})" for c in measurement.checks
+        )
+        print(f"analysis: {measurement.verdict.value} at {measurement.at:%H:%M:%S}: {figures}", file=out)
     if status.result:
         print(f"outcome: {status.result.outcome.value}: {status.result.reason}", file=out)
     print("events:", file=out)

@@ -79,6 +79,9 @@ def worker_for_test(
     """A worker for workflow tests: a bug in workflow code fails the run at once (instead of
     retrying the workflow task forever, as production rightly does), so a test fails, not hangs.
     `options` go to the Worker."""
+    from worker import ABORT_NOTICE
+
+    options.setdefault("max_heartbeat_throttle_interval", ABORT_NOTICE)  # as the real worker
     return Worker(
         env.client,
         task_queue=task_queue,

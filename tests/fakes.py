@@ -49,6 +49,7 @@ class FakeCluster:
     never_ready: set[str] = field(default_factory=set)
     smoke_status: int = 200
     switch_failures: int = 0  # how many switch calls fail (transiently) before succeeding
+    delete_failures: int = 0  # how many deletions fail (transiently) before succeeding
     replicas: dict[str, int] = field(default_factory=dict)
     canary_weight: int = 0
     weights: list[tuple[datetime, int]] = field(default_factory=list)  # (workflow time, weight)
@@ -87,6 +88,10 @@ class FakeCluster:
 
     @activity.defn(name="delete_deployment")
     async def delete_deployment(self, ref: ObjectRef) -> None:
+        if self.delete_failures > 0:
+            self.delete_failures -= 1
+            self.actions.append(f"delete {ref.name} failed")
+            raise ApplicationError("503 etcd unavailable", type="KubernetesTransient")
         self.actions.append(f"delete {ref.name}")
         self.deployments.pop(ref.name, None)
 

@@ -248,3 +248,19 @@ async def test_a_failed_analysis_after_the_switch_switches_back(
     assert len(cluster.measurements) == 3
     assert cluster.services == {"myapp": "blue"} and cluster.deployments == {"myapp-blue": "myapp:1.0"}
     assert event_time(result, "switchedBack") - event_time(result, "switched") < timedelta(minutes=3, seconds=5)
+
+
+async def test_an_abort_after_the_point_of_no_return_is_recorded_as_too_late(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    """Once the old colour is being deleted there is nothing to switch back to: the run ends
+    promoted, and says that the abort came too late and what to do instead."""
+    cluster.delete_failures = 2  # the clean-up's retries keep it in CleaningUp for a few seconds
+    handle = await start(time_skipping_env, task_queue, scaleDownDelay="0s")
+    await until_phase(handle, Phase.CLEANING_UP)
+    await handle.signal(BlueGreenWorkflow.abort, Decision(by="heidi", reason="saw an alert"))
+    result = await handle.result()
+
+    assert result.outcome == Outcome.PROMOTED and cluster.services == {"myapp": "green"}
+    late = next(e for e in result.events if e.kind == "tooLate")
+    assert late.by == "heidi" and late.reason == "saw an alert" and "tidegate undo" in late.message

@@ -61,3 +61,27 @@ def test_image_override_is_validated(capsys: pytest.CaptureFixture[str]) -> None
 def test_usage_errors_exit_2() -> None:
     assert starter.main(["launch", "x"]) == 2
     assert starter.main(["approve"]) == 2
+
+
+def test_status_text_shows_the_weight_the_downtime_and_the_last_analysis() -> None:
+    import io
+    from datetime import datetime, timezone
+
+    from deploy_models import CheckOutcome, DeploymentStatus, Downtime, Measurement, Phase, Verdict
+
+    at = datetime(2026, 11, 26, 12, 0, 5, tzinfo=timezone.utc)
+    status = DeploymentStatus(
+        app="shop", namespace="default", strategy="canary", image="shop:2.0", phase=Phase.OBSERVING,
+        started_at=at, updated_at=at, weight=25, step=3,
+        downtime=Downtime(started_at=at, ended_at=at.replace(second=8), seconds=3.0),
+        last_measurement=Measurement(at=at, verdict=Verdict.INCONCLUSIVE, checks=[
+            CheckOutcome(name="error-rate", verdict=Verdict.PASS, value=0.004, bound="≤ 0.01", query="q", message="m"),
+            CheckOutcome(name="p99", verdict=Verdict.INCONCLUSIVE, bound="≤ 1", query="q", message="m"),
+        ]),
+    )
+    out = io.StringIO()
+    starter.print_status(status, out)
+    text = out.getvalue()
+    assert "weight:  25% to the new version (step 3)" in text
+    assert "downtime: 3.0s (no pod served from 12:00:05 to 12:00:08)" in text
+    assert "analysis: inconclusive at 12:00:05: error-rate 0.004 (pass); p99 no data (inconclusive)" in text
