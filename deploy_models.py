@@ -309,8 +309,12 @@ QUERY_PLACEHOLDERS = ("app", "namespace", "version", "canary", "stable")
 
 # The seed's two checks, made correct: the canary's own requests (filtered by its version label),
 # and a p99 that aggregates the buckets by `le` before taking the quantile.
+# A version that never answered a 5xx has no 5xx series at all (a series appears with its first
+# request): `or on() vector(0)` makes that an error rate of 0, while no traffic at all (an empty
+# denominator) stays no data.
 DEFAULT_ERROR_RATE_QUERY = (
-    'sum(rate(http_requests_total{app="{{app}}",namespace="{{namespace}}",version="{{version}}",status=~"5.."}[1m]))'
+    '(sum(rate(http_requests_total{app="{{app}}",namespace="{{namespace}}",version="{{version}}",status=~"5.."}[1m]))'
+    " or on() vector(0))"
     ' / sum(rate(http_requests_total{app="{{app}}",namespace="{{namespace}}",version="{{version}}"}[1m]))'
 )
 DEFAULT_P99_QUERY = (

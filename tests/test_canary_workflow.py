@@ -317,3 +317,38 @@ async def test_abort_during_promotion_puts_stable_back(
     assert result.outcome == Outcome.ABORTED and result.by == "erin" and "wrong tag" in result.reason
     assert cluster.deployments["myapp-stable"] == "myapp:1.0"
     assert cluster.canary_weight == 0 and cluster.replicas["myapp-canary"] == 0
+
+
+async def test_a_pause_that_ends_without_a_passing_measurement_is_measured_again(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    """A pause shorter than the limits allow must not wave a canary through on no data: the
+    pause ends on an inconclusive measurement, so the run measures again until one passes (here
+    it never does, so the inconclusive limit rolls back)."""
+    cluster.metrics = lambda name, weight, at: None
+    steps = [{"setWeight": 50}, {"pause": {"duration": "1m"}}, {"setWeight": 100}]
+    result = await (await start(time_skipping_env, task_queue, spec(steps))).result()
+
+    assert result.outcome == Outcome.ROLLED_BACK and "inconclusive 5 times in a row" in result.reason
+    assert [w for _, w in cluster.weights] == [50, 0] and cluster.deployments["myapp-stable"] == "myapp:1.0"
+    assert any("ended on inconclusive: measuring again" in e.message for e in result.events)
+
+    # data arrives after the pause: two measurements in the pause, a third without data after
+    # it, and the fourth passes and lets the plan go on
+    cluster.measurements.clear()
+    cluster.metrics = lambda name, weight, at: None if len(cluster.measurements) <= 3 else 0.001
+    result = await (await start(time_skipping_env, task_queue, spec(steps))).result()
+    assert result.outcome == Outcome.PROMOTED and len(cluster.measurements) == 4
+
+
+async def test_errors_and_no_data_in_turn_never_pass_for_good(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    """Alternating, errors and no data would each reset the other's count: counted together."""
+    cluster.metrics = lambda name, weight, at: None if len(cluster.measurements) % 2 else "http://prometheus:9090 answered 503"
+    steps = [{"setWeight": 20}, {"pause": {"duration": "10m"}}]
+    result = await (await start(time_skipping_env, task_queue, spec(steps))).result()
+
+    assert result.outcome == Outcome.ROLLED_BACK
+    assert "no usable measurement (no data or an error) 5 times in a row (limit 4)" in result.reason
+    assert len(cluster.measurements) == 5

@@ -56,6 +56,24 @@ async def test_error_rate_is_the_measured_version_own(prometheus_lab: Prometheus
     assert canary.name == "error-rate@canary" and 'version="v2"' in canary.query
 
 
+async def test_a_version_that_never_failed_has_an_error_rate_of_0_not_no_data(prometheus_lab: PrometheusLab) -> None:
+    """A real exporter has no 5xx series until the first 5xx: the default query must read that as
+    0, and still give no data when the version had no traffic at all."""
+    lab = prometheus_lab
+    lab.declare("till", "v2", statuses=("200",))
+    await lab.scraped()
+    lab.serve("till", "v2", 100)
+    await lab.scraped()
+
+    healthy, idle = await run(
+        lab.url,
+        rendered("error-rate@canary", DEFAULT_ERROR_RATE_QUERY, "till", "v2"),
+        rendered("error-rate@idle", DEFAULT_ERROR_RATE_QUERY, "till", "v9"),
+    )
+    assert healthy.error is None and healthy.value == 0.0
+    assert idle.error is None and idle.value is None
+
+
 async def test_p99_falls_in_the_version_own_bucket(prometheus_lab: PrometheusLab) -> None:
     lab = prometheus_lab
     lab.declare("cart", "v2")

@@ -159,15 +159,21 @@ class AnalysisLimits:
     """Counts measurements against the spec's limits; `add` says when the analysis has failed."""
 
     analysis: Analysis
+    # Also count no data and errors together: alternating, each would reset the other's count,
+    # and a run could go on without one usable measurement. (False only for runs started before.)
+    unusable_together: bool = True
     failures: int = 0
     inconclusive_in_a_row: int = 0
     errors_in_a_row: int = 0
+    unusable_in_a_row: int = 0
 
     def add(self, measurement: Measurement) -> str | None:
         """Count a measurement; return why the analysis failed, or None while it holds."""
         verdict = measurement.verdict
         self.inconclusive_in_a_row = self.inconclusive_in_a_row + 1 if verdict == Verdict.INCONCLUSIVE else 0
         self.errors_in_a_row = self.errors_in_a_row + 1 if verdict == Verdict.ERROR else 0
+        unusable = verdict in (Verdict.INCONCLUSIVE, Verdict.ERROR)
+        self.unusable_in_a_row = self.unusable_in_a_row + 1 if unusable else 0
         if verdict == Verdict.FAIL:
             self.failures += 1
         first = next((c for c in measurement.checks if c.verdict == verdict), None)
@@ -185,5 +191,11 @@ class AnalysisLimits:
             return (
                 f"analysis could not measure {self.errors_in_a_row} times in a row "
                 f"(limit {self.analysis.consecutive_error_limit}): {detail}"
+            )
+        limit = max(self.analysis.inconclusive_limit, self.analysis.consecutive_error_limit)
+        if self.unusable_together and self.unusable_in_a_row > limit:
+            return (
+                f"analysis had no usable measurement (no data or an error) {self.unusable_in_a_row} times in a row "
+                f"(limit {limit}): {detail}"
             )
         return None

@@ -169,11 +169,14 @@ class DeploymentWorkflow:
     reporter: Reporter
     admission: Admission | None
     asks_worker: bool
+    analysis_must_pass: bool
 
     def _begin(self, deployment: DeploymentInput) -> None:
         # Patch checks come first: a check made after the notification task below has scheduled
         # its activity fails to replay (the marker precedes that command in the history).
         self.asks_worker = workflow.patched("worker-policy")
+        # A pause whose last measurement did not pass is measured again until one does.
+        self.analysis_must_pass = deployment.spec.analysis is not None and workflow.patched("analysis-must-pass")
         self.spec = deployment.spec
         self.requested_by = deployment.requested_by
         self.phase = Phase.PENDING
@@ -192,7 +195,9 @@ class DeploymentWorkflow:
         self.step = None
         self.last_measurement = None
         self.downtime = None
-        self.limits = AnalysisLimits(self.spec.analysis) if self.spec.analysis else None
+        self.limits = (
+            AnalysisLimits(self.spec.analysis, unusable_together=self.analysis_must_pass) if self.spec.analysis else None
+        )
         self.failed_measurement = None
         self.result = None
         self.reporter = Reporter(self.spec)
@@ -558,6 +563,7 @@ class DeploymentWorkflow:
         self.timer_ends_at = end
         self._show_details()
         passed = 0
+        last: Verdict | None = None
         try:
             while True:
                 now = workflow.now()
@@ -580,12 +586,16 @@ class DeploymentWorkflow:
                     await self.check_traffic()
                     measurement = await self.measure()
                     self.count(measurement)
-                    passed += measurement.verdict == Verdict.PASS
+                    last = measurement.verdict
+                    passed += last == Verdict.PASS
                 if end is not None and workflow.now() >= end:
                     break
         finally:
             self.awaiting_approval = False
             self.timer_ends_at = None
+        if self.analysis_must_pass and duration is not None and last not in (None, Verdict.PASS) and self.promotion is None:
+            self.record("analysis", f"{what} ended on {last.value}: measuring again until a measurement passes")
+            await self.measure_until_a_pass(None, now=False)
         if analysis is not None:
             last = self.last_measurement
             figures = ", ".join(
@@ -599,17 +609,24 @@ class DeploymentWorkflow:
 
     async def one_off_analysis(self, check_names: list[str] | None) -> None:
         """Measure until a pass, re-measuring (every interval) within the limits."""
+        if await self.measure_until_a_pass(check_names, now=True):
+            self.record("analysis", "one-off analysis passed")
+
+    async def measure_until_a_pass(self, check_names: list[str] | None, now: bool) -> bool:
+        """Measure (at once if `now`, else an interval from now), then every interval until a
+        measurement passes (True) or `promote` ends it (False); the limits end it by failing."""
         analysis = self.spec.analysis
         assert analysis is not None
         while True:
+            if not now:
+                await self.hold(analysis.interval, "re-measure an inconclusive analysis")
+                if self.promotion is not None:
+                    return False
+            now = False
             measurement = await self.measure(check_names)
             self.count(measurement)
             if measurement.verdict == Verdict.PASS:
-                self.record("analysis", "one-off analysis passed")
-                return
-            await self.hold(analysis.interval, "re-measure an inconclusive analysis")
-            if self.promotion is not None:
-                return
+                return True
 
     async def admit(self) -> None:
         """Ask the worker whether it runs this deployment, and who may approve it; a refusal is a
