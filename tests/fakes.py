@@ -54,6 +54,7 @@ class FakeCluster:
     canary_weight: int = 0
     weights: list[tuple[datetime, int]] = field(default_factory=list)  # (workflow time, weight)
     weight_failures: int = 0  # how many weight patches fail (transiently) before succeeding
+    weight_refusals: int = 0  # how many are refused (403, not retryable) before succeeding
     # (metric query name, canary weight, workflow time) → value; None is no data; str an error
     metrics: Callable[[str, int, datetime], float | str | None] = lambda name, weight, at: 0.001
     measurements: list[datetime] = field(default_factory=list)
@@ -128,6 +129,10 @@ class FakeCluster:
             self.weight_failures -= 1
             self.actions.append(f"weight {change.weight} failed")
             raise ApplicationError("500 etcd unavailable", type="KubernetesTransient")
+        if self.weight_refusals > 0:
+            self.weight_refusals -= 1
+            self.actions.append(f"weight {change.weight} refused")
+            raise ApplicationError("403 Forbidden: RBAC", type="KubernetesRejected", non_retryable=True)
         if change.expected is not None and change.expected != self.canary_weight:
             raise ApplicationError("someone else changed it", type="ConcurrentEdit", non_retryable=True)
         if change.expected == change.weight:

@@ -53,7 +53,7 @@ class Strategy:
 
 
 def blue_green_restored(cluster: FakeCluster) -> None:
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
     assert cluster.deployments == {"myapp-blue": "myapp:1.0"}  # green removed
 
 

@@ -72,7 +72,7 @@ async def test_promotes_and_deletes_old_colour_after_ten_minutes(
         "switch myapp blue->green",
         "delete myapp-blue",
     ]
-    assert cluster.services == {"myapp": "green"}
+    assert cluster.services["myapp"] == "green"
     assert cluster.deployments == {"myapp-green": "myapp:2.0"}
     kept = event_time(result, "phase", "CleaningUp") - event_time(result, "switched")
     assert timedelta(minutes=10) <= kept < timedelta(minutes=11)
@@ -86,7 +86,7 @@ async def test_first_deployment_creates_blue_and_the_service(
     result = await (await start(time_skipping_env, task_queue)).result()
 
     assert result.outcome == Outcome.PROMOTED
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
     assert cluster.deployments == {"myapp-blue": "myapp:2.0"}
     assert "switch myapp None->blue" in cluster.actions
     assert not any(a.startswith("delete") for a in cluster.actions)
@@ -102,7 +102,7 @@ async def test_smoke_failure_keeps_traffic_and_removes_new_colour(
     assert "smoke test" in result.reason and "503" in result.reason
     assert cluster.actions.count("smoke http://myapp-green.default:8080/health") == 4  # 1 + 3 retries
     assert not any(a.startswith("switch") for a in cluster.actions)
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
     assert cluster.deployments == {"myapp-blue": "myapp:1.0"}
 
 
@@ -115,7 +115,7 @@ async def test_rollout_never_ready_ends_at_progress_deadline(
     assert result.outcome == Outcome.ROLLED_BACK
     assert "progress deadline" in result.reason
     assert cluster.actions == ["apply myapp-green myapp:2.0", "rollout failed myapp-green", "delete myapp-green"]
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
 
 
 async def test_approval_gate_waits_then_switches(
@@ -123,13 +123,13 @@ async def test_approval_gate_waits_then_switches(
 ) -> None:
     handle = await start(time_skipping_env, task_queue, approval={}, scaleDownDelay="0s")
     await until_phase(handle, Phase.AWAITING_APPROVAL)
-    assert cluster.services == {"myapp": "blue"}  # nothing switched while waiting
+    assert cluster.services["myapp"] == "blue"  # nothing switched while waiting
 
     await handle.signal(BlueGreenWorkflow.approve, Decision(by="alice", reason="dashboards look fine"))
     result = await handle.result()
 
     assert result.outcome == Outcome.PROMOTED
-    assert cluster.services == {"myapp": "green"}
+    assert cluster.services["myapp"] == "green"
     approved = next(e for e in result.events if e.kind == "approved")
     assert approved.by == "alice" and approved.reason == "dashboards look fine"
 
@@ -144,7 +144,7 @@ async def test_abort_while_waiting_for_approval(
 
     assert result.outcome == Outcome.ABORTED
     assert result.by == "bob" and "wrong build" in result.reason
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
     assert cluster.deployments == {"myapp-blue": "myapp:1.0"}
     assert not any(a.startswith("switch") for a in cluster.actions)
 
@@ -156,7 +156,7 @@ async def test_approval_timeout_aborts(
 
     assert result.outcome == Outcome.ABORTED
     assert "not given within 1h" in result.reason
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
     assert "myapp-green" not in cluster.deployments
 
 
@@ -165,14 +165,14 @@ async def test_rollback_inside_the_window_switches_back_at_once(
 ) -> None:
     handle = await start(time_skipping_env, task_queue)
     await until_phase(handle, Phase.KEEPING_PREVIOUS)
-    assert cluster.services == {"myapp": "green"}
+    assert cluster.services["myapp"] == "green"
 
     await handle.signal(BlueGreenWorkflow.rollback, Decision(by="carol", reason="error budget"))
     result = await handle.result()
 
     assert result.outcome == Outcome.ROLLED_BACK
     assert result.by == "carol" and result.active_version == "blue"
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
     assert cluster.deployments == {"myapp-blue": "myapp:1.0"}  # old colour kept, new removed
     assert cluster.actions[-2:] == ["switch myapp green->blue", "delete myapp-green"]
     # "at once": the switch back happens well inside the 10-minute window
@@ -190,7 +190,7 @@ async def test_failing_switch_back_is_retried_until_it_succeeds(
 
     assert result.outcome == Outcome.ROLLED_BACK
     assert cluster.actions.count("switch myapp failed") == 2
-    assert cluster.services == {"myapp": "blue"}
+    assert cluster.services["myapp"] == "blue"
 
 
 async def test_status_query_reports_phase_colours_and_events(
@@ -226,7 +226,7 @@ async def test_analysis_watches_the_new_colour_while_the_old_one_is_kept(
         id=f"deploy-{uuid.uuid4()}", task_queue=task_queue,
     )
     result = await handle.result()
-    assert result.outcome == Outcome.PROMOTED and cluster.services == {"myapp": "green"}
+    assert result.outcome == Outcome.PROMOTED and cluster.services["myapp"] == "green"
     assert len(cluster.measurements) == 5  # every minute of the 5-minute window
     switched = event_time(result, "switched")
     assert all(switched < at <= switched + timedelta(minutes=5, seconds=1) for at in cluster.measurements)
@@ -246,7 +246,7 @@ async def test_a_failed_analysis_after_the_switch_switches_back(
     ).result()
     assert result.outcome == Outcome.ROLLED_BACK and "error-rate = 0.05, above 0.01" in result.reason
     assert len(cluster.measurements) == 3
-    assert cluster.services == {"myapp": "blue"} and cluster.deployments == {"myapp-blue": "myapp:1.0"}
+    assert cluster.services["myapp"] == "blue" and cluster.deployments == {"myapp-blue": "myapp:1.0"}
     assert event_time(result, "switchedBack") - event_time(result, "switched") < timedelta(minutes=3, seconds=5)
 
 
@@ -261,6 +261,6 @@ async def test_an_abort_after_the_point_of_no_return_is_recorded_as_too_late(
     await handle.signal(BlueGreenWorkflow.abort, Decision(by="heidi", reason="saw an alert"))
     result = await handle.result()
 
-    assert result.outcome == Outcome.PROMOTED and cluster.services == {"myapp": "green"}
+    assert result.outcome == Outcome.PROMOTED and cluster.services["myapp"] == "green"
     late = next(e for e in result.events if e.kind == "tooLate")
     assert late.by == "heidi" and late.reason == "saw an alert" and "tidegate undo" in late.message

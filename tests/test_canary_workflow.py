@@ -352,3 +352,22 @@ async def test_errors_and_no_data_in_turn_never_pass_for_good(
     assert result.outcome == Outcome.ROLLED_BACK
     assert "no usable measurement (no data or an error) 5 times in a row (limit 4)" in result.reason
     assert len(cluster.measurements) == 5
+
+
+async def test_a_refused_rollback_patch_is_retried_until_traffic_is_back(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    """A 403 on the rollback's weight patch (say, RBAC changed mid-run) is not the end: the run
+    records it, retries with a back-off, and ends only when the weight is 0."""
+    steps = [{"setWeight": 30}, {"pause": {}}]
+    handle = await start(time_skipping_env, task_queue, spec(steps))
+    await until(handle, Phase.AWAITING_APPROVAL, weight=30)
+    cluster.weight_refusals = 2
+    await handle.signal(CanaryWorkflow.abort, Decision(by="ivan", reason="bad dashboards"))
+    result = await handle.result()
+
+    assert result.outcome == Outcome.ABORTED and cluster.canary_weight == 0
+    assert cluster.actions.count("weight 0 refused") == 2
+    retries = [e for e in result.events if e.kind == "restoreRetry"]
+    assert len(retries) == 2 and "403 Forbidden" in retries[0].message
+    assert "trying again in 30s" in retries[0].message and "trying again in 1m" in retries[1].message

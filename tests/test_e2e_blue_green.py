@@ -44,11 +44,15 @@ class Stack:
             "strategy": {
                 "type": "blueGreen",
                 "blueGreen": {
-                    "previewService": f"{app}-preview",
-                    "smokeTest": {"url": proxy, "retries": 1, "interval": "1s"},
-                    "scaleDownDelay": "1s",
-                    "progressDeadline": "30s",
-                    **blue_green,
+                    key: value
+                    for key, value in {
+                        "previewService": f"{app}-preview",
+                        "smokeTest": {"url": proxy, "retries": 1, "interval": "1s"},
+                        "scaleDownDelay": "1s",
+                        "progressDeadline": "30s",
+                        **blue_green,
+                    }.items()
+                    if value is not None  # None: leave the setting out
                 },
             },
         }
@@ -125,6 +129,21 @@ async def test_first_deployment_then_blue_green_switch(stack: Stack) -> None:
     assert code == 0, out + err
     assert "started deploy-default-shop (shop:1.0)" in out
     assert stack.selector("shop") == "blue" and stack.image("shop-blue") == "shop:1.0"
+
+
+async def test_without_a_preview_service_the_smoke_test_reaches_the_new_colour(stack: Stack) -> None:
+    """The smoke test's `{service}` is then `{app}-{colour}`: tidegate gives the new colour that
+    Service (its pods, by `version`), so the test reaches the new pods and nothing else."""
+    assert (await stack.cli("start", stack.spec("till", "till:1.0", previewService=None), "--wait"))[0] == 0
+    code, out, err = await stack.cli("start", stack.spec("till", "till:2.0", previewService=None), "--wait")
+    assert code == 0, out + err
+    assert stack.selector("till") == "green" and stack.selector("till-green") == "green"
+    assert "GET " in out and "/services/till-green:80/proxy/health answered 200" in out
+
+    code, out, err = await stack.cli("start", stack.spec("till", "till:3.0-unhealthy", previewService=None), "--wait")
+    assert code == 3, out + err
+    assert "/services/till-blue:80/proxy/health answered 500" in out
+    assert stack.selector("till") == "green" and stack.image("till-blue") is None
 
 
 async def test_unhealthy_version_is_rolled_back_and_traffic_stays(stack: Stack) -> None:

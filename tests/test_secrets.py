@@ -186,7 +186,7 @@ async def test_the_history_holds_the_reference_never_the_value(
         )
         result = await handle.result()
         history = readable(await handle.fetch_history())
-    assert result.outcome == Outcome.PROMOTED and cluster.services == {"myapp": "green"}
+    assert result.outcome == Outcome.PROMOTED and cluster.services["myapp"] == "green"
     assert "SMOKE_TOKEN" in history and "api-key" in history  # the references
     assert TOKEN not in history and API_KEY not in history  # never the values (nor base64 of them)
     assert base64.b64encode(API_KEY.encode()).decode() not in history

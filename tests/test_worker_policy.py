@@ -54,7 +54,7 @@ async def test_a_namespace_outside_the_allow_list_is_refused_before_any_change(
         assert cluster.actions == []  # not even a read
 
         allowed = await (await start(time_skipping_env, task_queue, blue_green("staging", scaleDownDelay="0s"))).result()
-        assert allowed.outcome == Outcome.PROMOTED and cluster.services == {"myapp": "green"}
+        assert allowed.outcome == Outcome.PROMOTED and cluster.services["myapp"] == "green"
 
 
 @workflow.defn(name="ScaleSomewhere", sandboxed=False)
@@ -99,11 +99,11 @@ async def test_only_the_apps_approvers_may_approve_and_a_refusal_is_recorded(
 
         await eventually(refused, what="the refusal recorded")
         status = await handle.query(BlueGreenWorkflow.status)
-        assert status.phase == Phase.AWAITING_APPROVAL and cluster.services == {"myapp": "blue"}
+        assert status.phase == Phase.AWAITING_APPROVAL and cluster.services["myapp"] == "blue"
 
         await handle.signal(BlueGreenWorkflow.approve, Decision(by="alice", reason="dashboards fine"))
         result = await handle.result()
-    assert result.outcome == Outcome.PROMOTED and cluster.services == {"myapp": "green"}
+    assert result.outcome == Outcome.PROMOTED and cluster.services["myapp"] == "green"
     refusal = next(e for e in result.events if e.kind == "approveRefused")
     assert refusal.by == "mallory" and refusal.reason == "ship it"
     assert "not an approver of myapp (approvers: alice)" in refusal.message

@@ -88,7 +88,7 @@ class AbTestWorkflow(CanaryWorkflow):
             await self._set_weight(settings.unmatched_weight, expected=0)
 
         self.set_phase(Phase.EXPERIMENTING, f"comparing B ({b}) with A ({a}) for {format_duration(settings.duration)}")
-        await self.observe(settings.duration, "A/B experiment")
+        await self.observe(settings.duration, "A/B experiment", end_on_a_pass=False)  # decided below
         last = self.last_measurement
         if self.promotion is None and (last is None or last.verdict != Verdict.PASS):
             self.set_phase(Phase.ANALYSING, "the experiment's last measurement was not a pass: measuring again")

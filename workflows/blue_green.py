@@ -25,7 +25,16 @@ from workflows.common import (
 
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
-    from deploy_models import DeploymentInput, DeploymentResult, DeploymentSpec, Outcome, Phase, ServiceRef, format_duration
+    from deploy_models import (
+        DeploymentInput,
+        DeploymentResult,
+        DeploymentSpec,
+        Outcome,
+        Phase,
+        ServiceRef,
+        ServiceSpec,
+        format_duration,
+    )
 
 COLOURS = ("blue", "green")
 
@@ -43,6 +52,14 @@ class BlueGreenWorkflow(DeploymentWorkflow):
         self.switched = False
         # Runs started before this change ignored `analysis`: they keep the old colour untimed.
         self.analyses_after_switch = self.spec.analysis is not None and workflow.patched("blue-green-analysis")
+        # Without a preview Service, the smoke test reaches the new colour through `{app}-{colour}`
+        # (runs started before this change assumed such a Service existed).
+        settings = self.spec.blue_green
+        self.serves_new_colour = (
+            settings.preview_service is None
+            and settings.smoke_test is not None
+            and workflow.patched("blue-green-colour-service")
+        )
 
     def variants(self) -> Variants:
         """The new colour's pods against the previous colour's (labelled `version: blue|green`)."""
@@ -88,6 +105,19 @@ class BlueGreenWorkflow(DeploymentWorkflow):
                     summary=f"point preview Service {settings.preview_service} at {new}",
                 )
 
+            if self.serves_new_colour:
+                await self.kubernetes(
+                    "ensure colour Service",
+                    KubernetesActivities.ensure_service,
+                    ServiceSpec(
+                        namespace=spec.namespace,
+                        name=f"{spec.app}-{new}",
+                        app=spec.app,
+                        selector={"app": spec.app, "version": new},
+                        target_port=spec.container_port,
+                    ),
+                    summary=f"ensure Service {spec.app}-{new} for the smoke test",
+                )
             self.set_phase(Phase.SMOKE_TESTING, f"smoke testing {new}")
             await self.smoke(
                 settings.smoke_test,

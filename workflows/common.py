@@ -127,11 +127,16 @@ class Interrupted(Exception):
         self.decision = decision
 
 
-def _failure_reason(step: str, error: ActivityError) -> StepFailed:
+def root_cause(error: ActivityError) -> tuple[BaseException | None, str]:
+    """The error the activity raised, and its message."""
     cause = error.cause
     while isinstance(cause, ActivityError) and cause.cause is not None:
         cause = cause.cause
-    message = cause.message if cause is not None and hasattr(cause, "message") else str(error)
+    return cause, cause.message if cause is not None and hasattr(cause, "message") else str(error)
+
+
+def _failure_reason(step: str, error: ActivityError) -> StepFailed:
+    cause, message = root_cause(error)
     if error.retry_state == RetryState.MAXIMUM_ATTEMPTS_REACHED:
         message += " (its retries are spent)"
     elif error.retry_state == RetryState.TIMEOUT:
@@ -170,6 +175,7 @@ class DeploymentWorkflow:
     admission: Admission | None
     asks_worker: bool
     analysis_must_pass: bool
+    restores_outlast_refusals: bool
 
     def _begin(self, deployment: DeploymentInput) -> None:
         # Patch checks come first: a check made after the notification task below has scheduled
@@ -177,6 +183,8 @@ class DeploymentWorkflow:
         self.asks_worker = workflow.patched("worker-policy")
         # A pause whose last measurement did not pass is measured again until one does.
         self.analysis_must_pass = deployment.spec.analysis is not None and workflow.patched("analysis-must-pass")
+        # Compensation retries even what retrying "cannot fix" (403, a deleted object), recorded.
+        self.restores_outlast_refusals = workflow.patched("restore-retries-every-error")
         self.spec = deployment.spec
         self.requested_by = deployment.requested_by
         self.phase = Phase.PENDING
@@ -384,8 +392,24 @@ class DeploymentWorkflow:
             raise _failure_reason(step, error) from None
 
     async def restore(self, method: Callable[..., Awaitable[T]], arg: Any, summary: str) -> T:
-        """A compensating write: not interruptible, retried until it succeeds."""
-        return await workflow.execute_activity_method(method, arg, summary=summary, **RESTORE_CALL)
+        """A compensating write: not interruptible, retried until it succeeds.
+
+        Errors that retrying cannot fix by itself (a 403 until someone fixes the RBAC, a deleted
+        object) are retried too, each recorded, every 30 s doubling to 5 minutes: a run never ends
+        with traffic half put back. Someone else's change (ConcurrentEdit) ends it: theirs now.
+        """
+        wait = timedelta(seconds=30)
+        while True:
+            try:
+                return await workflow.execute_activity_method(method, arg, summary=summary, **RESTORE_CALL)
+            except ActivityError as error:
+                cause, message = root_cause(error)
+                intervention = isinstance(cause, ApplicationError) and cause.type in INTERVENTION_ERRORS
+                if not self.restores_outlast_refusals or intervention:
+                    raise
+                self.record("restoreRetry", f"{summary} failed: {message}; trying again in {format_duration(wait)}")
+                await workflow.sleep(wait, summary=f"retry: {summary}")
+                wait = min(wait * 2, timedelta(minutes=5))
 
     async def put_back(self, snapshot: DeploymentSnapshot) -> str | None:
         """Compensation: a Deployment's recorded template, replicas and strategy back, only over
@@ -549,11 +573,13 @@ class DeploymentWorkflow:
             self.failed_measurement = measurement
             raise StepFailed(failure)
 
-    async def observe(self, duration: timedelta | None, what: str) -> None:
+    async def observe(self, duration: timedelta | None, what: str, end_on_a_pass: bool = True) -> None:
         """Wait `duration` (None: until approved), measuring every `interval` all the while.
 
         The seed checks once at the end of a 10-minute window; here a breach is acted on at the
-        first measurement after it. `abort` interrupts, `promote` ends the wait.
+        first measurement after it. `abort` interrupts, `promote` ends the wait. A timed wait
+        whose last measurement did not pass measures again until one does (unless the caller
+        decides that itself: `end_on_a_pass=False`).
         """
         analysis = self.spec.analysis
         if duration is None:
@@ -593,7 +619,13 @@ class DeploymentWorkflow:
         finally:
             self.awaiting_approval = False
             self.timer_ends_at = None
-        if self.analysis_must_pass and duration is not None and last not in (None, Verdict.PASS) and self.promotion is None:
+        if (
+            self.analysis_must_pass
+            and end_on_a_pass
+            and duration is not None
+            and last not in (None, Verdict.PASS)
+            and self.promotion is None
+        ):
             self.record("analysis", f"{what} ended on {last.value}: measuring again until a measurement passes")
             await self.measure_until_a_pass(None, now=False)
         if analysis is not None:
