@@ -312,6 +312,12 @@ QUERY_PLACEHOLDERS = ("app", "namespace", "version", "canary", "stable")
 # A version that never answered a 5xx has no 5xx series at all (a series appears with its first
 # request): `or on() vector(0)` makes that an error rate of 0, while no traffic at all (an empty
 # denominator) stays no data.
+# Measurements one run can hold: each adds about 20 history events (the measurement, the weight
+# check, the timer, the workflow tasks), and Temporal ends a run at 51,200 events. A wait for a
+# person is kept within the same budget while it runs (workflows.common.HISTORY_BUDGET).
+MEASUREMENT_BUDGET = 2_000
+EVENTS_PER_MEASUREMENT = 20
+
 DEFAULT_ERROR_RATE_QUERY = (
     '(sum(rate(http_requests_total{app="{{app}}",namespace="{{namespace}}",version="{{version}}",status=~"5.."}[1m]))'
     " or on() vector(0))"
@@ -899,6 +905,16 @@ class DeploymentSpec(Model):
                         f"analysis.checks[{index}].relative: {one_version}, "
                         "so there is no stable version to compare with (use min/max)"
                     )
+        if self.analysis is not None:
+            observed = self.observed_time()
+            measurements = int(observed / self.analysis.interval)
+            if measurements > MEASUREMENT_BUDGET:
+                raise ValueError(
+                    f"analysis.interval: {format_duration(self.analysis.interval)} over the "
+                    f"{format_duration(observed)} this plan observes is {measurements:,} measurements, more than one "
+                    f"run holds ({MEASUREMENT_BUDGET:,}: Temporal ends a run at 51,200 history events); measure less "
+                    "often or observe for less time"
+                )
         if self.strategy.type == "blueGreen" and self.analysis is not None:
             if self.blue_green.scale_down_delay <= timedelta(0):
                 raise ValueError(
@@ -935,6 +951,21 @@ class DeploymentSpec(Model):
     def recreate(self) -> RecreateSettings:
         assert self.strategy.recreate is not None
         return self.strategy.recreate
+
+    def observed_time(self) -> timedelta:
+        """How long the plan's timed waits measure, all together (waits for a person excluded)."""
+        def timed(pause: Pause | None) -> timedelta:
+            return pause.duration if pause is not None and pause.duration is not None else timedelta(0)
+
+        strategy = self.strategy
+        if strategy.canary is not None:
+            return sum((timed(step.pause) for step in strategy.canary.steps), timedelta(0))
+        if strategy.ab_test is not None:
+            return strategy.ab_test.duration + timed(strategy.ab_test.pause)
+        if strategy.blue_green is not None:
+            return strategy.blue_green.scale_down_delay
+        settings = strategy.rolling or strategy.recreate
+        return settings.analysis_window + timed(settings.pause) if settings is not None else timedelta(0)
 
     @property
     def in_place(self) -> InPlaceSettings:

@@ -371,3 +371,21 @@ async def test_a_refused_rollback_patch_is_retried_until_traffic_is_back(
     retries = [e for e in result.events if e.kind == "restoreRetry"]
     assert len(retries) == 2 and "403 Forbidden" in retries[0].message
     assert "trying again in 30s" in retries[0].message and "trying again in 1m" in retries[1].message
+
+
+async def test_a_wait_that_outgrows_one_run_rolls_back_while_it_can(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Temporal ends a run at 51,200 history events, without compensation: a canary left waiting
+    for approval (measured every interval) rolls back before that. The budget is made small here."""
+    import deploy_models
+
+    monkeypatch.setattr(deploy_models, "MEASUREMENT_BUDGET", 10)  # 200 events
+    steps = [{"setWeight": 10}, {"pause": {}}, {"setWeight": 100}]
+    handle = await start(time_skipping_env, task_queue, spec(steps))
+    result = await handle.result()
+
+    assert result.outcome == Outcome.FAILED and "near the 51,200 at which Temporal ends a run" in result.reason
+    assert cluster.canary_weight == 0 and cluster.replicas["myapp-canary"] == 0
+    events = len((await handle.fetch_history()).events)
+    assert 200 < events < 400 and 5 <= len(cluster.measurements) <= 12  # about 20 events each

@@ -135,6 +135,13 @@ def test_durations(text: str, seconds: float) -> None:
             spec(strategy={"type": "blueGreen", "blueGreen": {"scaleDownDelay": "0s"}}, analysis={"prometheus": {"url": "http://p:9090"}}),
             "(spec): strategy.blueGreen.scaleDownDelay: 0s leaves no time to analyse the new colour",
         ),
+        (
+            spec(
+                strategy={"type": "abTest", "abTest": {"duration": "336h"}},
+                analysis={"prometheus": {"url": "http://p:9090"}, "checks": [{"name": "e", "query": "q", "relative": {"maxIncrease": 0}}]},
+            ),
+            "(spec): analysis.interval: 30s over the 336h this plan observes is 40,320 measurements, more than one run holds",
+        ),
         (spec(strategy={"type": "fast"}), "strategy.type: 'fast' is not one of the choices"),
         (spec(strategy={}), "strategy.type: is required"),
         (spec(replica=3), "replica: is not a known field"),

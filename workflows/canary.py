@@ -18,6 +18,7 @@ from workflows.common import DeploymentWorkflow, StepFailed, workload_spec
 with workflow.unsafe.imports_passed_through():
     from activities.kubernetes import KubernetesActivities
     from deploy_models import (
+        MEASUREMENT_BUDGET,
         CanaryStep,
         DeploymentInput,
         DeploymentResult,
@@ -295,7 +296,13 @@ def plan(spec: DeploymentSpec) -> list[str]:
         elif step.pause is not None and step.pause.duration is not None:
             steps.append(f"step {index}: pause {format_duration(step.pause.duration)} (durable timer{watching})")
         elif step.pause is not None:
-            steps.append(f"step {index}: pause until an approve signal{watching}")
+            limit = (
+                f"; rolled back if still waiting after {format_duration(MEASUREMENT_BUDGET * analysis.interval)}, "
+                "all one run's history holds"
+                if analysis
+                else ""
+            )
+            steps.append(f"step {index}: pause until an approve signal{watching}{limit}")
         elif step.analysis is not None:
             steps.append(f"step {index}: one-off analysis of {', '.join(step.analysis.checks or ['all checks'])}")
     last_weight = [step.set_weight for step in settings.steps if step.set_weight is not None][-1]

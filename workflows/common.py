@@ -21,6 +21,7 @@ from workflows.analysis import AnalysisLimits, Variants, judge, queries
 from workflows.telemetry import Reporter
 
 with workflow.unsafe.imports_passed_through():
+    import deploy_models
     from activities.kubernetes import KubernetesActivities
     from activities.policy import WorkerPolicy
     from activities.smoke import SmokeTester
@@ -176,6 +177,7 @@ class DeploymentWorkflow:
     asks_worker: bool
     analysis_must_pass: bool
     restores_outlast_refusals: bool
+    keeps_within_history: bool
 
     def _begin(self, deployment: DeploymentInput) -> None:
         # Patch checks come first: a check made after the notification task below has scheduled
@@ -185,6 +187,8 @@ class DeploymentWorkflow:
         self.analysis_must_pass = deployment.spec.analysis is not None and workflow.patched("analysis-must-pass")
         # Compensation retries even what retrying "cannot fix" (403, a deleted object), recorded.
         self.restores_outlast_refusals = workflow.patched("restore-retries-every-error")
+        # A run that measures rolls back before its history outgrows what Temporal keeps.
+        self.keeps_within_history = deployment.spec.analysis is not None and workflow.patched("history-budget")
         self.spec = deployment.spec
         self.requested_by = deployment.requested_by
         self.phase = Phase.PENDING
@@ -533,6 +537,22 @@ class DeploymentWorkflow:
         """The version labels a strategy compares; strategies that measure override this."""
         raise NotImplementedError
 
+    def check_history(self, what: str) -> None:
+        """Roll back while compensation still fits: a wait that outgrew what one run holds.
+
+        Temporal ends a run at 51,200 history events without running its compensation; a run
+        that measures (a wait for approval can be long) rolls back before that, while it can.
+        """
+        events = workflow.info().get_current_history_length()
+        budget = deploy_models.MEASUREMENT_BUDGET * deploy_models.EVENTS_PER_MEASUREMENT
+        if self.keeps_within_history and events > budget:
+            raise StepFailed(
+                f"{what}: this run's history has {events:,} events, near the 51,200 at which Temporal ends a run "
+                "(and nothing would put traffic back): rolled back while it could; a longer analysis interval "
+                "or an approval timeout keeps a run within its history",
+                Outcome.FAILED,
+            )
+
     async def check_traffic(self) -> None:
         """Before each measurement: is traffic still split as this run set it? (Strategies that
         split traffic override this; someone else's change ends the run.)"""
@@ -609,6 +629,7 @@ class DeploymentWorkflow:
                 if self.promotion is not None or self.approval is not None:
                     break
                 if analysis is not None:
+                    self.check_history(what)
                     await self.check_traffic()
                     measurement = await self.measure()
                     self.count(measurement)
