@@ -19,7 +19,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     )
 
 
-@pytest.mark.parametrize("example", sorted(p.name for p in (ROOT / "examples").glob("*.yaml")))
+@pytest.mark.parametrize("example", sorted(str(p.relative_to(ROOT / "examples")) for p in (ROOT / "examples").rglob("*.yaml")))
 def test_plan_accepts_every_example(example: str) -> None:
     done = run("plan", f"examples/{example}")
     assert done.returncode == 0, done.stderr
