@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from temporalio.api.enums.v1 import WorkflowExecutionStatus
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import CancelledError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from deploy_models import (
@@ -282,7 +282,10 @@ def print_status(status: DeploymentStatus, out: TextIO) -> None:
     if status.last_measurement is not None:
         measurement = status.last_measurement
         figures = "; ".join(
-            f"{c.name} {'no data' if c.value is None else f'{c.value:.4g}'} ({c.verdict.value})" for c in measurement.checks
+            f"{c.name} {'no data' if c.value is None else f'{c.value:.4g}'}"
+            + (f" vs {c.baseline:.4g} on the stable version (A)" if c.baseline is not None else "")
+            + f" ({c.verdict.value})"
+            for c in measurement.checks
         )
         print(f"analysis: {measurement.verdict.value} at {measurement.at:%H:%M:%S}: {figures}", file=out)
     if status.result:
@@ -407,12 +410,26 @@ async def cmd_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cancelled_result(
+    handle: WorkflowHandle[Any, DeploymentResult], error: WorkflowFailureError
+) -> DeploymentResult | None:
+    """A run cancelled from Temporal (the UI, `temporal workflow cancel`) put traffic back and
+    recorded its result before ending as cancelled: that result, for the exit code of an abort."""
+    if not isinstance(error.cause, CancelledError):
+        return None
+    status = await handle.query("status", result_type=DeploymentStatus)
+    return status.result
+
+
 async def wait_and_report(handle: WorkflowHandle[Any, DeploymentResult], as_json: bool) -> int:
     try:
         result = await follow(handle, sys.stderr if as_json else sys.stdout)
     except WorkflowFailureError as error:
-        print(f"{handle.id} failed: {error.cause}", file=sys.stderr)
-        return EXIT_ERROR
+        recorded = await cancelled_result(handle, error)
+        if recorded is None:
+            print(f"{handle.id} failed: {error.cause}", file=sys.stderr)
+            return EXIT_ERROR
+        result = recorded
     if as_json:
         print(result.model_dump_json())
     else:

@@ -77,6 +77,7 @@ def test_status_text_shows_the_weight_the_downtime_and_the_last_analysis() -> No
         last_measurement=Measurement(at=at, verdict=Verdict.INCONCLUSIVE, checks=[
             CheckOutcome(name="error-rate", verdict=Verdict.PASS, value=0.004, bound="≤ 0.01", query="q", message="m"),
             CheckOutcome(name="p99", verdict=Verdict.INCONCLUSIVE, bound="≤ 1", query="q", message="m"),
+            CheckOutcome(name="conversion", verdict=Verdict.PASS, value=0.031, baseline=0.03, bound="≥ A", query="q", message="m"),
         ]),
     )
     out = io.StringIO()
@@ -84,4 +85,5 @@ def test_status_text_shows_the_weight_the_downtime_and_the_last_analysis() -> No
     text = out.getvalue()
     assert "weight:  25% to the new version (step 3)" in text
     assert "downtime: 3.0s (no pod served from 12:00:05 to 12:00:08)" in text
-    assert "analysis: inconclusive at 12:00:05: error-rate 0.004 (pass); p99 no data (inconclusive)" in text
+    assert "analysis: inconclusive at 12:00:05: error-rate 0.004 (pass); p99 no data (inconclusive); " in text
+    assert "conversion 0.031 vs 0.03 on the stable version (A) (pass)" in text  # both variants of an A/B test

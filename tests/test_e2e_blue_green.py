@@ -188,3 +188,33 @@ async def test_approval_second_start_refused_and_abort(stack: Stack) -> None:
     assert code == 2 and "is not running" in err
     code, _, err = await stack.cli("abort", "nosuchapp")
     assert code == 2 and "no deployment 'nosuchapp'" in err
+
+
+async def test_a_run_cancelled_from_temporal_puts_traffic_back_and_exits_3(stack: Stack) -> None:
+    """Cancelling from the Temporal UI (or `temporal workflow cancel`) is an abort: compensation
+    runs, and `start --wait` reports the recorded result with an abort's exit code."""
+    assert (await stack.cli("start", stack.spec("bank", "bank:1.0"), "--wait"))[0] == 0
+    waiting = asyncio.ensure_future(stack.cli("start", stack.spec("bank", "bank:2.0", approval={}), "--wait"))
+
+    async def awaiting_approval() -> bool:
+        code, out, _ = await stack.cli("status", "bank", "--json")
+        return code == 0 and DeploymentStatus.model_validate_json(out).phase == Phase.AWAITING_APPROVAL
+
+    await eventually(awaiting_approval, timeout=60, what="the run to wait for approval")
+    await stack.env.client.get_workflow_handle("deploy-default-bank").cancel()
+    code, out, err = await waiting
+    assert code == 3, out + err
+    assert "aborted: the workflow was cancelled" in out
+    assert stack.selector("bank") == "blue" and stack.image("bank-green") is None
+
+
+async def test_two_starts_at_once_one_runs_the_other_is_refused(stack: Stack) -> None:
+    first, second = await asyncio.gather(
+        stack.cli("start", stack.spec("vault", "vault:1.0", approval={})),
+        stack.cli("start", stack.spec("vault", "vault:1.1", approval={})),
+    )
+    codes = sorted([first[0], second[0]])
+    assert codes == [0, 1], (first, second)
+    refused = first if first[0] == 1 else second
+    assert "already running: deploy-default-vault (vault:1." in refused[2]
+    await stack.cli("abort", "vault", "--by", "test")
