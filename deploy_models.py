@@ -739,15 +739,19 @@ class RollingSettings(InPlaceSettings):
                 raise ValueError("maxSurge and maxUnavailable cannot both be 0 (the rollout could never progress)")
         return self
 
-    def deployment_strategy(self) -> dict[str, Any]:
-        """The Deployment's `spec.strategy` for this update."""
-        return {
+    def deployment_strategy(self, current: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The Deployment's `spec.strategy` for this update: what the spec sets, over what the
+        Deployment has (Kubernetes' 25% where neither says); None when that changes nothing."""
+        current = current or {}
+        own = current.get("rollingUpdate") or {} if current.get("type", "RollingUpdate") == "RollingUpdate" else {}
+        wanted = {
             "type": "RollingUpdate",
             "rollingUpdate": {
-                "maxSurge": "25%" if self.max_surge is None else self.max_surge,
-                "maxUnavailable": "25%" if self.max_unavailable is None else self.max_unavailable,
+                "maxSurge": own.get("maxSurge", "25%") if self.max_surge is None else self.max_surge,
+                "maxUnavailable": own.get("maxUnavailable", "25%") if self.max_unavailable is None else self.max_unavailable,
             },
         }
+        return None if wanted == current else wanted
 
 
 class RecreateSettings(InPlaceSettings):

@@ -65,6 +65,19 @@ async def test_rolling_update_succeeds(time_skipping_env: WorkflowEnvironment, t
     assert (result.previous_image, result.active_version) == ("myapp:1.0", "myapp:2.0")
 
 
+async def test_what_the_spec_leaves_unset_is_the_deployments_own(
+    time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
+) -> None:
+    own = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "50%", "maxUnavailable": 0}}
+    cluster.strategies["myapp"] = own
+    result = await (await start(time_skipping_env, task_queue, spec(maxSurge=None))).result()
+    assert result.outcome == Outcome.PROMOTED and cluster.strategies["myapp"] == own  # not overwritten with 25%
+    assert any("maxSurge 50%, maxUnavailable 0" in e.message for e in result.events)
+
+    result = await (await start(time_skipping_env, task_queue, spec(maxSurge=2))).result()
+    assert cluster.strategies["myapp"] == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": 0}}
+
+
 async def test_pods_never_ready_restore_the_template_and_wait_for_it(
     time_skipping_env: WorkflowEnvironment, task_queue: str, cluster: FakeCluster
 ) -> None:

@@ -10,6 +10,8 @@ strategy) back, and the run waits until that rollback is itself complete.
 
 from __future__ import annotations
 
+from typing import Any
+
 from temporalio import workflow
 
 from workflows.in_place import InPlaceWorkflow, deployment_name, in_place_plan
@@ -19,9 +21,16 @@ with workflow.unsafe.imports_passed_through():
     from deploy_models import DeploymentInput, DeploymentResult, DeploymentSpec, DeploymentUpdate, Outcome, Phase, format_duration
 
 
-def strategy_text(spec: DeploymentSpec) -> str:
-    rolling = spec.rolling.deployment_strategy()["rollingUpdate"]
-    return f"maxSurge {rolling['maxSurge']}, maxUnavailable {rolling['maxUnavailable']}"
+def strategy_text(spec: DeploymentSpec, current: dict[str, Any] | None = None) -> str:
+    """The rollout's maxSurge and maxUnavailable, given the Deployment's own strategy `current`
+    (None, for a plan: what the spec leaves unset is the Deployment's own)."""
+    settings = spec.rolling
+    if current is None:
+        surge, unavailable, fallback = settings.max_surge, settings.max_unavailable, "the Deployment's own"
+    else:
+        rolling = (settings.deployment_strategy(current) or current).get("rollingUpdate", {})
+        surge, unavailable, fallback = rolling.get("maxSurge"), rolling.get("maxUnavailable"), "25%"
+    return f"maxSurge {fallback if surge is None else surge}, maxUnavailable {fallback if unavailable is None else unavailable}"
 
 
 @workflow.defn(name="RollingDeployment")
@@ -38,13 +47,13 @@ class RollingWorkflow(InPlaceWorkflow):
         else:
             self.set_phase(
                 Phase.ROLLING_OUT,
-                f"rolling {self.name} from {snapshot.image} to {spec.image} ({strategy_text(spec)})",
+                f"rolling {self.name} from {snapshot.image} to {spec.image} ({strategy_text(spec, snapshot.strategy or {})})",
             )
             self.changed = True  # from here on, compensation restores the recorded template
             await self.kubernetes(
                 "update Deployment",
                 KubernetesActivities.update_deployment,
-                DeploymentUpdate(snapshot=snapshot, image=spec.image, strategy=settings.deployment_strategy()),
+                DeploymentUpdate(snapshot=snapshot, image=spec.image, strategy=settings.deployment_strategy(snapshot.strategy)),
                 summary=f"set {self.name}'s {snapshot.container} image to {spec.image}",
             )
             await self.wait_for_rollout(spec.namespace, self.name, settings.progress_deadline)
@@ -61,7 +70,7 @@ def plan(spec: DeploymentSpec) -> list[str]:
         f"record Deployment {name} as it is: pod template, replicas, strategy "
         f"(missing: create it with {spec.replicas} replicas, a first deployment)",
         f"set the image of {container} to {spec.image}, strategy RollingUpdate with {strategy_text(spec)} "
-        "(one guarded patch; replicas unchanged)",
+        "(Kubernetes' 25% if the Deployment has none; one guarded patch; replicas unchanged)",
         f"wait until the rollout is complete (progress deadline {format_duration(settings.progress_deadline)}: "
         "pods never ready, crash-looping or not pulled end it)",
         *in_place_plan(spec, settings),
