@@ -137,7 +137,8 @@ class Notifier:
                 retryable = response.status == 429 or response.status >= 500
                 raise DeliveryFailed(f"{name} answered {response.status}: {text}", retryable)
         except (aiohttp.ClientError, TimeoutError) as error:
-            raise DeliveryFailed(f"{name}: {type(error).__name__}: {error}", retryable=True) from None
+            text = str(error).replace(url, "<its URL>")  # a URL given by reference is a secret
+            raise DeliveryFailed(f"{name}: {type(error).__name__}: {text}", retryable=True) from None
 
 
 def worker_webhooks(urls: Sequence[str], format: str = "generic", events: Sequence[NotifyEvent] | None = None) -> list[Webhook]:

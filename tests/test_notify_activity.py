@@ -100,6 +100,12 @@ async def test_url_from_the_workers_environment(receiver: Receiver, monkeypatch:
         await ActivityEnvironment().run(Notifier().notify, notification(webhooks=[missing]))
     assert raised.value.non_retryable and "no environment variable TIDEGATE_TEST_UNSET" in raised.value.message
 
+    # an unreachable secret URL: the error (which the history keeps) names the reference, not the URL
+    monkeypatch.setenv("TIDEGATE_TEST_SLACK_URL", "http://[::1/T000/B000/s3cr3t-token")  # aiohttp quotes a bad URL
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(Notifier().notify, notification(webhooks=[hook]))
+    assert "$TIDEGATE_TEST_SLACK_URL" in raised.value.message and "s3cr3t-token" not in raised.value.message
+
 
 async def test_a_retry_skips_the_webhooks_already_reached(receiver: Receiver) -> None:
     """Down (503): retryable, after trying the others; the next attempt posts only where it failed."""
