@@ -40,6 +40,7 @@ from workflows import workflow_id
 # simulation leaves the CPU to what is measured.
 CARRY_SETTINGS = StackSettings(scrape_seconds=5.0, rollout_seconds=1.0, traffic_tick=0.5, controller_tick=0.5)
 WEIGHT = 5
+PAUSE_MEASUREMENTS = 1_000  # each canary's pause, in measurements
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,8 @@ def carry_spec(app: str, interval: float, prometheus_url: str) -> dict[str, Any]
         "image": f"{app}:2.0-steady",
         "strategy": {
             "type": "canary",
-            "canary": {"steps": [{"setWeight": WEIGHT}, {"pause": {"duration": "2h"}}], "promoteFromLastWeight": True},
+            # long past the benchmark, and within what one run holds (deploy_models.MEASUREMENT_BUDGET)
+            "canary": {"steps": [{"setWeight": WEIGHT}, {"pause": {"duration": f"{PAUSE_MEASUREMENTS * interval:g}s"}}], "promoteFromLastWeight": True},
         },
         "analysis": {"prometheus": {"url": prometheus_url}, "interval": f"{interval:g}s"},
     }

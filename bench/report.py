@@ -131,7 +131,9 @@ def breach_section(result: BreachResult, plot: Path | None) -> list[str]:
         "nothing here: the canary's last minute holds about "
         f"{result.rate * 0.05 * 60:.0f} requests, so its first error alone puts the error rate above 1%; a busier "
         "canary needs one error per hundred requests in its window, plus one, before the check trips. Measured, per run, from its history: *waiting* is first 5xx → the "
-        "measurement that failed was scheduled; *reaction* is that → weight 0.",
+        "measurement that failed was scheduled; *reaction* is that → weight 0; *expected mean* is "
+        "(scrape + interval) / 2 + the median reaction, what breaches spread evenly would average (12 runs "
+        "scatter around it), and *bound* is scrape + interval + the slowest reaction, which no run may exceed.",
         "",
     ]
     rows = []
@@ -158,7 +160,7 @@ def breach_section(result: BreachResult, plot: Path | None) -> list[str]:
         ])
     out += table(
         ["", "waiting, median", "waiting, max", "reaction, median", "reaction, max", "breach → 0, mean",
-         "bound, mean", "breach → 0, max", "bound, max", "measurements that missed it"],
+         "expected mean", "breach → 0, max", "bound", "measurements that missed it"],
         rows,
     )
     if seed_times:
@@ -233,7 +235,7 @@ def carry_section(result: CarryResult) -> list[str]:
     out = [
         "## 3. Deployments one worker carries",
         "",
-        f"N canaries in flight at once, one per simulated app, each paused at 5% for 2 h with the default analysis every "
+        f"N canaries in flight at once, one per simulated app, each paused at 5% (for 1,000 intervals, long past the benchmark) with the default analysis every "
         f"{config.interval:g} s (two PromQL queries per measurement), all on one `python worker.py` with the SDK's "
         "default worker options. N grows in stages; each stage starts the new deployments (32 starts at a time), waits "
         f"until all are in their pause (*ramp*), then watches {config.window:g} s of steady state. Lateness is, for each "
@@ -316,9 +318,9 @@ def carry_section(result: CarryResult) -> list[str]:
         out += [
             "Where the limit is: on this machine all of it shares two cores. Setting deployments up (the ramp) costs the "
             "dev server and the worker most (each start is a dozen activities and workflow tasks, every one a write in "
-            "the dev server's SQLite, and the sandbox serves the Kubernetes calls); in steady state a deployment costs one timer, two workflow tasks and one "
-            "`measure` activity (two HTTP queries) per interval, shared by the worker and the dev server, and Prometheus "
-            "answers the queries. A production Temporal cluster takes the server's share off the worker's machine "
+            "the dev server's SQLite, and the sandbox serves the Kubernetes calls); in steady state a deployment costs one timer, its workflow tasks, "
+            "the weight check (one Kubernetes GET) and the `measure` activity (two HTTP queries) per interval, shared by the worker, "
+            "the dev server and the API server, and Prometheus answers the queries. A production Temporal cluster takes the server's share off the worker's machine "
             "(history, matching and persistence on their own nodes, a real database) and scales it out; the worker then "
             "has its cores to itself and more workers can share a task queue. What stays is the worker's own cost above, "
             "and its defaults: "
@@ -391,14 +393,16 @@ def cost_section(result: CostResult, interval: float = 30.0) -> list[str]:
         out += [
             f"Temporal warns at 10,240 events (or 10 MiB) in one history and terminates the run at 51,200 events (50 MiB). "
             f"Each analysis measurement adds {events:.0f} events and {size / 1024:.1f} KiB (timer, workflow tasks, the "
-            f"`measure` activity and its result; measured between consecutive measurements of the canary run). A default "
+            f"weight check, the `measure` activity and its result; measured between consecutive measurements of the canary run). A default "
             "deployment stays far below: the canary's whole seed plan is "
             f"{100 * marginal['canary_events'] / HISTORY_EVENTS_WARN:.0f}% "
             f"of the warning. What reaches it is a long wait with analysis: a `pause: {{}}` waiting for approval, "
             f"measured every {interval:g} s, crosses the warning after about **{hours_warn:.1f} hours** and is terminated "
             f"after about **{hours_error:.0f} hours** (the size warning would come after {hours_bytes:.0f} hours)"
             + (
-                "; tidegate's workflows do not continue-as-new, so a pause meant to last days needs a longer interval."
+                "; tidegate's workflows do not continue-as-new: a run that measures rolls back before its history "
+                "reaches the limit (while its compensation still fits), and `plan` refuses a plan whose timed pauses "
+                "would measure more than one run holds, so a pause meant to last days needs a longer interval."
                 if not continues_as_new() else
                 " if nothing continued it as new."
             ),

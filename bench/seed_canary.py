@@ -13,7 +13,8 @@ What the seed leaves out is filled in plainly, and what the benchmark must chang
 * `update_traffic_weight` (not shown in the seed) replaces the weights of the VirtualService's
   weighted route: v1 gets 100 - w, v2 gets w;
 * `query_prometheus` (not shown either) runs an instant query and returns the highest value among
-  the series it returns (the most favourable reading for the baseline), NaN when there are none:
+  the series it returns (for the error ratio, the app-wide figure the seed's query gives; for
+  p99, the slowest series: the least favourable reading, as a cautious baseline would take), NaN when there are none:
   as in the seed, a NaN compares false, so no data is unhealthy;
 * the queries are scoped to the app (`app="..."`): the seed's script assumes one app per
   Prometheus, and the benchmark runs many apps on one sandbox. They are not scoped to the
