@@ -297,7 +297,7 @@ def plan(spec: DeploymentSpec) -> list[str]:
             steps.append(f"step {index}: pause {format_duration(step.pause.duration)} (durable timer{watching})")
         elif step.pause is not None:
             limit = (
-                f"; rolled back if still waiting after {format_duration(MEASUREMENT_BUDGET * analysis.interval)}, "
+                f"; rolled back if still waiting after about {format_duration(MEASUREMENT_BUDGET * analysis.interval)}, "
                 "all one run's history holds"
                 if analysis
                 else ""
