@@ -203,10 +203,15 @@ AB_ANALYSIS = {
 def test_the_three_other_strategies_have_defaults() -> None:
     rolling = parse_spec(spec(strategy={"type": "rolling"}))
     assert rolling.rolling.deployment is None and rolling.in_place is rolling.rolling
-    assert rolling.rolling.deployment_strategy() == {
+    # a Deployment without a strategy gets Kubernetes' defaults; one that has them is left alone
+    assert rolling.rolling.deployment_strategy(None) == {
         "type": "RollingUpdate",
         "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"},
     }
+    own = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 2, "maxUnavailable": 0}}
+    assert rolling.rolling.deployment_strategy(own) is None
+    recreating = {"type": "Recreate"}
+    assert rolling.rolling.deployment_strategy(recreating)["rollingUpdate"] == {"maxSurge": "25%", "maxUnavailable": "25%"}
     assert parse_spec(spec(strategy={"type": "rolling", "rolling": {"maxSurge": "1"}})).rolling.max_surge == 1
     recreate = parse_spec(spec(strategy={"type": "recreate"}))
     assert recreate.recreate.progress_deadline == timedelta(minutes=10) and recreate.recreate.pause is None
