@@ -87,3 +87,22 @@ def test_status_text_shows_the_weight_the_downtime_and_the_last_analysis() -> No
     assert "downtime: 3.0s (no pod served from 12:00:05 to 12:00:08)" in text
     assert "analysis: inconclusive at 12:00:05: error-rate 0.004 (pass); p99 no data (inconclusive); " in text
     assert "conversion 0.031 vs 0.03 on the stable version (A) (pass)" in text  # both variants of an A/B test
+
+
+def test_the_live_line_shows_step_weight_figures_and_the_timer() -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from deploy_models import CheckOutcome, DeploymentStatus, Measurement, Phase, Verdict
+
+    now = datetime(2026, 11, 26, 12, 10, tzinfo=timezone.utc)
+    status = DeploymentStatus(
+        app="shop", namespace="default", strategy="canary", image="shop:2.0", phase=Phase.OBSERVING,
+        started_at=now - timedelta(minutes=10), updated_at=now, weight=25, step=3, timer_ends_at=now + timedelta(seconds=95),
+        last_measurement=Measurement(at=now, verdict=Verdict.PASS, checks=[
+            CheckOutcome(name="error-rate", verdict=Verdict.PASS, value=0.00412, bound="≤ 0.01", query="q", message="m"),
+            CheckOutcome(name="p99", verdict=Verdict.INCONCLUSIVE, bound="≤ 1", query="q", message="m"),
+        ]),
+    )
+    assert starter.status_line(status, now) == (
+        "Observing | step 3 | weight 25% | error-rate=0.00412 p99=no data | timer 95s left | elapsed 600s"
+    )

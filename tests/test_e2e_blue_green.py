@@ -7,6 +7,7 @@ the real activities, talking to the cluster through the official client over HTT
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import sys
@@ -19,7 +20,8 @@ import pytest
 import yaml
 from temporalio.testing import WorkflowEnvironment
 
-from deploy_models import DeploymentStatus, Phase
+import starter
+from deploy_models import DeploymentResult, DeploymentStatus, Outcome, Phase
 from sandbox.cluster import DEPLOYMENTS, SERVICES, ClusterEmulator, serve_cluster, write_kubeconfig
 from tests.conftest import eventually
 from worker import build_worker, kubernetes_api
@@ -218,3 +220,38 @@ async def test_two_starts_at_once_one_runs_the_other_is_refused(stack: Stack) ->
     refused = first if first[0] == 1 else second
     assert "already running: deploy-default-vault (vault:1." in refused[2]
     await stack.cli("abort", "vault", "--by", "test")
+
+
+class Terminal(io.StringIO):
+    """What `start --wait` writes to on a terminal: the live line is redrawn in place."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_watch_list_running_and_the_live_line_on_a_terminal(stack: Stack) -> None:
+    assert (await stack.cli("start", stack.spec("kiosk", "kiosk:1.0"), "--wait"))[0] == 0
+    assert (await stack.cli("start", stack.spec("kiosk", "kiosk:2.0", approval={})))[0] == 0
+    handle = stack.env.client.get_workflow_handle("deploy-default-kiosk", result_type=DeploymentResult)
+
+    async def awaiting_approval() -> bool:
+        return (await handle.query("status", result_type=DeploymentStatus)).phase == Phase.AWAITING_APPROVAL
+
+    await eventually(awaiting_approval, timeout=60, what="the run to wait for approval")
+    code, out, err = await stack.cli("list", "--running")
+    assert code == 0, err
+    running = [line for line in out.splitlines() if "deploy-default-kiosk" in line]
+    assert len(running) == 1 and "AwaitingApproval" in running[0] and "kiosk:2.0" in running[0]
+
+    terminal = Terminal()
+    followed = asyncio.ensure_future(starter.follow(handle, terminal))
+    watched = asyncio.ensure_future(stack.cli("watch", "kiosk"))
+    await eventually(lambda: "AwaitingApproval | elapsed " in terminal.getvalue(), what="the live line")
+    assert (await stack.cli("approve", "kiosk", "--by", "lead"))[0] == 0
+    result = await followed
+    code, out, err = await watched
+
+    assert result.outcome == Outcome.PROMOTED and code == 0, out + err
+    assert "promoted: kiosk serves kiosk:2.0 from green" in out and "approved" in out
+    shown = terminal.getvalue()
+    assert "\r\x1b[K" in shown and "Promoted: kiosk serves kiosk:2.0 from green" in shown
