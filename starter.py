@@ -19,6 +19,7 @@ import asyncio
 import json
 import os
 import sys
+from pathlib import Path
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any, TextIO
@@ -486,7 +487,7 @@ async def cmd_undo(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    root = argparse.ArgumentParser(prog="starter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    root = argparse.ArgumentParser(prog="tidegate" if Path(sys.argv[0]).name == "tidegate" else "starter.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = root.add_subparsers(dest="command", required=True)
 
     plan = commands.add_parser("plan", help="validate a spec and print the steps it will take")
