@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.api.failure.v1 import Failure
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
@@ -534,3 +536,31 @@ async def test_the_container_to_update_is_chosen_or_named(kube: Kube) -> None:
     assert (snapshot.container, snapshot.container_index, snapshot.image) == ("web", 1, "shop:1.0")
     with pytest.raises(ApplicationError, match="has no container 'db'"):
         await kube.run(kube.activities.read_deployment, target.model_copy(update={"container": "db"}))
+
+
+# -- The API refusing, the API unreachable ---------------------------------------------------
+
+
+async def test_create_in_a_missing_namespace_fails_non_retryably_with_the_apis_message(kube: Kube) -> None:
+    missing = workload().model_copy(update={"namespace": "ghost"})
+    kube.fail_next("post", DEPLOYMENTS, status_response(404, "NotFound", 'namespaces "ghost" not found'))
+    with pytest.raises(ApplicationError) as caught:
+        await kube.run(kube.activities.apply_deployment, missing)
+    assert caught.value.type == "KubernetesRejected" and caught.value.non_retryable
+    assert caught.value.message.startswith("apply Deployment ghost/myapp-blue: 404")
+    assert caught.value.message.endswith(': namespaces "ghost" not found')
+    assert kube.emulator.get(DEPLOYMENTS, "ghost", "myapp-blue") is None
+
+
+async def test_unreachable_api_fails_retryably(tmp_path: Path) -> None:
+    """Connection refused is no answer about the request: Temporal's retry policy must apply."""
+    config = tmp_path / "kubeconfig"
+    write_kubeconfig(config, "http://127.0.0.1:1")  # nothing listens on port 1
+    async with await kubernetes_api(str(config)) as api:
+        with pytest.raises(Exception) as caught:
+            await ActivityEnvironment().run(KubernetesActivities(api).apply_deployment, workload())
+    assert "Connect call failed ('127.0.0.1', 1)" in str(caught.value)
+    # What the worker reports to Temporal for this error, through the worker's own converter.
+    failure = Failure()
+    pydantic_data_converter.failure_converter.to_failure(caught.value, pydantic_data_converter.payload_converter, failure)
+    assert failure.HasField("application_failure_info") and not failure.application_failure_info.non_retryable
