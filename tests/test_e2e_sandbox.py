@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from sandbox.cluster import DEPLOYMENTS, SERVICES, VIRTUALSERVICES
 from sandbox.stack import Sandbox, run_sandbox
 from starter import start_deployment
 from tests.conftest import eventually
+from tests.history import ActivityRun, activity_runs, timer_runs
 
 ROOT = Path(__file__).resolve().parent.parent
 INTERVAL_SECONDS = 1
@@ -111,9 +112,37 @@ def canary(app: str, image: str, steps: list[dict[str, Any]], sandbox: Sandbox) 
     }
 
 
+# The activities that write to the cluster (the `ensure_*` ones only when something is missing).
+KUBERNETES_WRITES = {"ensure_service", "ensure_routing", "apply_deployment", "set_canary_weight", "scale_deployment"}
+
+
+def is_write(run: ActivityRun) -> bool:
+    """A Kubernetes write. (set_canary_weight also serves checks that the weight is still what
+    the run set, before each measurement: those write nothing.)"""
+    return run.name in KUBERNETES_WRITES and not run.summary.startswith("check canary weight")
+
+
 def weights(stack: Stack, app: str) -> list[int]:
     route = stack.get(VIRTUALSERVICES, app)["spec"]["http"][0]["route"]
     return [destination["weight"] for destination in route]
+
+
+def canary_weight(route: list[dict[str, Any]]) -> int:
+    """The canary subset's weight in a VirtualService route."""
+    return next(destination["weight"] for destination in route if destination["destination"]["subset"] == "v2")
+
+
+def weight_writes(stack: Stack, app: str) -> tuple[list[int], list[int]]:
+    """What the cluster saw of an app's VirtualService: the canary weight of each stored version
+    (creation first), and of each PATCH request that reached the API server (applied or not)."""
+    cluster = stack.sandbox.cluster
+    path = f"/apis/networking.istio.io/v1/namespaces/default/virtualservices/{app}"
+    versions = [version for version in cluster.objects[VIRTUALSERVICES, "default", app].history if version is not None]
+    patches = [request for request in cluster if request.method == "PATCH" and request.url.path == path]
+    return (
+        [canary_weight(version["spec"]["http"][0]["route"]) for version in versions],
+        [canary_weight(request.data[1]["value"]) for request in patches],
+    )
 
 
 async def test_bad_canary_is_rolled_back_within_interval_window_and_scrape(stack: Stack) -> None:
@@ -182,6 +211,7 @@ async def test_blue_green_approved_from_the_command_line(stack: Stack) -> None:
 
 
 async def test_worker_killed_mid_pause_resumes_and_completes(stack: Stack) -> None:
+    pause = timedelta(seconds=8)
     steps = [{"setWeight": 30}, {"pause": {"duration": "8s"}}, {"setWeight": 100}]
     document = canary("book", "book:2.0", steps, stack.sandbox)
     await (await stack.deploy(document, image="book:1.0")).result()
@@ -193,6 +223,7 @@ async def test_worker_killed_mid_pause_resumes_and_completes(stack: Stack) -> No
 
     await eventually(observing, what="the pause at 30%", timeout=60)
     stack.stop_worker(signal.SIGKILL)
+    killed = datetime.now(UTC)
     assert weights(stack, "book") == [70, 30]  # nothing moves while no worker runs
     stack.start_worker()
     result = await asyncio.wait_for(handle.result(), timeout=120)
@@ -200,8 +231,27 @@ async def test_worker_killed_mid_pause_resumes_and_completes(stack: Stack) -> No
     assert result.outcome == Outcome.PROMOTED
     assert stack.get(DEPLOYMENTS, "book-stable")["spec"]["template"]["spec"]["containers"][0]["image"] == "book:2.0"
     assert weights(stack, "book") == [100, 0]
-    moves = [e.message.split(",")[0] for e in result.events if e.kind == "weight"]
-    assert moves == ["v2 30%", "v2 100%", "v2 0%"]  # each step applied once
+    moves = [(e.message.split(",")[0], e.at) for e in result.events if e.kind == "weight"]
+    assert [move for move, _ in moves] == ["v2 30%", "v2 100%", "v2 0%"]  # each step applied once
+
+    # The cluster saw each weight written once: created at 0%, then one PATCH per move.
+    assert weight_writes(stack, "book") == ([0, 30, 100, 0], [30, 100, 0])
+
+    # The pause lasted its 8 s across the kill, and the new worker carried it on (replaying the
+    # history), not started it again: the pause is a timer per analysis interval, each fired
+    # once, none due after the pause's first start plus 8 s.
+    moved = dict(moves)
+    assert moved["v2 30%"] < killed < moved["v2 100%"]
+    assert moved["v2 100%"] - moved["v2 30%"] >= pause
+    timers = [timer for timer in await timer_runs(handle) if timer.summary == "step 1 pause at 30%"]
+    assert timers and all(len(timer.fired) == 1 for timer in timers)
+    assert all(timer.due <= timers[0].started + pause + timedelta(seconds=1) for timer in timers), timers
+    # and no write was repeated: each ended on its first attempt
+    writes = [run for run in await activity_runs(handle) if is_write(run)]
+    assert [run.summary for run in writes if run.name == "set_canary_weight"] == [
+        "canary weight 30%", "canary weight 100%", "canary weight 0%"
+    ]
+    assert all(run.completed and run.attempt == 1 for run in writes), [(run.summary, run.attempt) for run in writes]
 
 
 async def awaiting(handle: WorkflowHandle[Any, Any]) -> bool:
