@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ class Run:
     approve_as: str | None = None  # approve when it waits for approval
     handle: WorkflowHandle[Any, DeploymentResult] | None = None
     printed: int = 0
+    measured: datetime | None = None  # the last measurement shown
     result: DeploymentResult | None = None
     started: float = field(default_factory=time.monotonic)
 
@@ -103,6 +105,17 @@ async def follow(runs: list[Run]) -> None:
             for event in status.events[run.printed :]:
                 print(f"{run.label:<10} {format_event(event)}", flush=True)
             run.printed = len(status.events)
+            measurement = status.last_measurement
+            if measurement is not None and measurement.at != run.measured:  # the analysis, live
+                run.measured = measurement.at
+                figures = ", ".join(
+                    f"{c.name} {'no data' if c.value is None else f'{c.value:.3g}'}" for c in measurement.checks
+                )
+                print(
+                    f"{run.label:<10} {measurement.at:%Y-%m-%dT%H:%M:%SZ}  {'measured':<13} "
+                    f"{figures} at {status.weight}%: {measurement.verdict.value}",
+                    flush=True,
+                )
             if status.phase == Phase.AWAITING_APPROVAL and run.approve_as:
                 await run.handle.signal("approve", Decision(by=run.approve_as, reason="demo: preview looks good"))
                 run.approve_as = None

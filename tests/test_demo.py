@@ -28,5 +28,7 @@ def test_the_demo_promotes_the_good_rolls_back_the_bad_and_switches_blue_green()
     rows = {line.split()[0]: line.split()[1] for line in table.splitlines()[1:] if line.strip()}
     assert rows == {"shop": "promoted", "cart": "rolledBack", "pay": "promoted"}, done.stdout[-3000:]
     assert "error-rate = " in done.stdout and "demo finished in" in done.stdout
+    live = [line for line in done.stdout.splitlines() if line.startswith("shop ") and " measured " in line]
+    assert len(live) >= 10 and "error-rate " in live[0] and ": pass" in live[-1]  # the analysis, as it runs
     busy = [port for port in (TEMPORAL_PORT, UI_PORT, KUBE_PORT, METRICS_PORT, PROMETHEUS_PORT) if in_use(port)]
     assert not busy, f"the demo left something listening on {busy}"
