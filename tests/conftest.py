@@ -51,6 +51,19 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
+async def dev_server_with_ui(ui_port: int, *extra_args: str) -> WorkflowEnvironment:
+    """A dev server with its web UI on `ui_port` and tidegate's search attributes (shut it down)."""
+    return await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=str(BIN / "temporal"),
+        search_attributes=SEARCH_ATTRIBUTES,
+        ui=True,
+        ui_port=ui_port,
+        dev_server_log_level="error",
+        dev_server_extra_args=list(extra_args),
+    )
+
+
 @pytest.fixture
 def task_queue() -> str:
     return f"tq-{uuid.uuid4()}"

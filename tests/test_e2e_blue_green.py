@@ -86,6 +86,16 @@ class Stack:
         return None if found is None else found["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
+async def until_awaiting_approval(stack: Stack, app: str) -> None:
+    """Wait until `tidegate status APP` shows the run waiting for approval."""
+
+    async def awaiting_approval() -> bool:
+        code, out, _ = await stack.cli("status", app, "--json")
+        return code == 0 and DeploymentStatus.model_validate_json(out).phase == Phase.AWAITING_APPROVAL
+
+    await eventually(awaiting_approval, timeout=60, what=f"the run of {app} to wait for approval")
+
+
 @pytest.fixture
 async def stack(dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path) -> AsyncIterator[Stack]:
     async with serve_cluster(rollout_seconds=0.3) as (cluster, url):
@@ -168,11 +178,7 @@ async def test_approval_second_start_refused_and_abort(stack: Stack) -> None:
     assert (await stack.cli("start", stack.spec("pay", "pay:1.0"), "--wait"))[0] == 0
     waiting = asyncio.ensure_future(stack.cli("start", stack.spec("pay", "pay:2.0", approval={}), "--wait"))
 
-    async def awaiting_approval() -> bool:
-        code, out, _ = await stack.cli("status", "pay", "--json")
-        return code == 0 and DeploymentStatus.model_validate_json(out).phase == Phase.AWAITING_APPROVAL
-
-    await eventually(awaiting_approval, timeout=60, what="the run to wait for approval")
+    await until_awaiting_approval(stack, "pay")
     assert stack.selector("pay") == "blue" and stack.selector("pay-preview") == "green"
 
     code, _, err = await stack.cli("start", stack.spec("pay", "pay:3.0"))
@@ -198,11 +204,7 @@ async def test_a_run_cancelled_from_temporal_puts_traffic_back_and_exits_3(stack
     assert (await stack.cli("start", stack.spec("bank", "bank:1.0"), "--wait"))[0] == 0
     waiting = asyncio.ensure_future(stack.cli("start", stack.spec("bank", "bank:2.0", approval={}), "--wait"))
 
-    async def awaiting_approval() -> bool:
-        code, out, _ = await stack.cli("status", "bank", "--json")
-        return code == 0 and DeploymentStatus.model_validate_json(out).phase == Phase.AWAITING_APPROVAL
-
-    await eventually(awaiting_approval, timeout=60, what="the run to wait for approval")
+    await until_awaiting_approval(stack, "bank")
     await stack.env.client.get_workflow_handle("deploy-default-bank").cancel()
     code, out, err = await waiting
     assert code == 3, out + err
@@ -234,10 +236,7 @@ async def test_watch_list_running_and_the_live_line_on_a_terminal(stack: Stack) 
     assert (await stack.cli("start", stack.spec("kiosk", "kiosk:2.0", approval={})))[0] == 0
     handle = stack.env.client.get_workflow_handle("deploy-default-kiosk", result_type=DeploymentResult)
 
-    async def awaiting_approval() -> bool:
-        return (await handle.query("status", result_type=DeploymentStatus)).phase == Phase.AWAITING_APPROVAL
-
-    await eventually(awaiting_approval, timeout=60, what="the run to wait for approval")
+    await until_awaiting_approval(stack, "kiosk")
     code, out, err = await stack.cli("list", "--running")
     assert code == 0, err
     running = [line for line in out.splitlines() if "deploy-default-kiosk" in line]

@@ -57,13 +57,12 @@ from payload_codec import (
 from sandbox.prometheus import free_port
 from starter import start_deployment
 from tests.browser import Browser
-from tests.conftest import BIN, eventually, until_phase
+from tests.conftest import BIN, dev_server_with_ui, eventually, until_phase
 from tests.fakes import FakeCluster
 from tests.system_tools import ensure_debian_tool
 from tests.test_packaging import compose  # noqa: F401  (a fixture: the resolved docker-compose.yml)
 from worker import connect_temporal
 from workflows.blue_green import BlueGreenWorkflow
-from workflows.common import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
 KEY_ID = "2026-q1"
@@ -101,15 +100,7 @@ async def stack() -> AsyncIterator[EncryptedStack]:
         cwd=ROOT, env={**os.environ, KEY_VARIABLE: key, KEY_ID_VARIABLE: KEY_ID},
     )
     try:
-        env = await WorkflowEnvironment.start_local(
-            data_converter=pydantic_data_converter,
-            dev_server_existing_path=str(BIN / "temporal"),
-            search_attributes=SEARCH_ATTRIBUTES,
-            ui=True,
-            ui_port=ui_port,
-            dev_server_log_level="error",
-            dev_server_extra_args=["--ui-codec-endpoint", codec],
-        )
+        env = await dev_server_with_ui(ui_port, "--ui-codec-endpoint", codec)
         try:
             with pytest.MonkeyPatch.context() as patch:
                 patch.setenv("TEMPORAL_ADDRESS", env.client.service_client.config.target_host)

@@ -24,25 +24,17 @@ from deploy_models import Decision, DeploymentResult, DeploymentSpec, Outcome, p
 from starter import start_deployment, ui_link
 from tests.browser import Browser
 from sandbox.prometheus import free_port
-from tests.conftest import BIN, eventually, worker_for_test
+from tests.conftest import dev_server_with_ui, eventually, worker_for_test
 from tests.fakes import FakeCluster
 from tests.system_tools import ensure_debian_tool
 from workflows import WORKFLOWS
-from workflows.common import SEARCH_ATTRIBUTES
 
 
 @pytest.fixture(scope="module")
 async def ui_env() -> AsyncIterator[tuple[WorkflowEnvironment, str]]:
     """A dev server with its web UI and tidegate's search attributes; yields (env, UI base URL)."""
     port = free_port()
-    env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
-        dev_server_existing_path=str(BIN / "temporal"),
-        search_attributes=SEARCH_ATTRIBUTES,
-        ui=True,
-        ui_port=port,
-        dev_server_log_level="error",
-    )
+    env = await dev_server_with_ui(port)
     try:
         yield env, f"http://127.0.0.1:{port}"
     finally:
