@@ -43,6 +43,7 @@ from deploy_models import (
     parse_spec,
 )
 from workflows import PLANS, TASK_QUEUE, WORKFLOWS, workflow_id
+from workflows.analysis import format_value
 from workflows.common import (
     DEPLOY_APP,
     DEPLOY_IMAGE,
@@ -234,7 +235,7 @@ def status_line(status: DeploymentStatus, now: datetime) -> str:
     if status.last_measurement is not None:
         parts.append(
             " ".join(
-                f"{c.name}={'no data' if c.value is None else f'{c.value:.3g}'}" for c in status.last_measurement.checks
+                f"{c.name}={format_value(c.value)}" for c in status.last_measurement.checks
             )
         )
     if status.timer_ends_at is not None:
@@ -283,8 +284,8 @@ def print_status(status: DeploymentStatus, out: TextIO) -> None:
     if status.last_measurement is not None:
         measurement = status.last_measurement
         figures = "; ".join(
-            f"{c.name} {'no data' if c.value is None else f'{c.value:.4g}'}"
-            + (f" vs {c.baseline:.4g} on the stable version (A)" if c.baseline is not None else "")
+            f"{c.name} {format_value(c.value)}"
+            + (f" vs {format_value(c.baseline)} on the stable version (A)" if c.baseline is not None else "")
             + f" ({c.verdict.value})"
             for c in measurement.checks
         )

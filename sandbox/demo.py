@@ -30,6 +30,7 @@ from deploy_models import Decision, DeploymentResult, DeploymentStatus, Phase, l
 from sandbox.prometheus import PrometheusNotInstalled, find_prometheus
 from sandbox.stack import Sandbox, run_sandbox
 from starter import format_event, start_deployment
+from workflows.analysis import describe_figures
 from workflows.common import SEARCH_ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,12 +109,9 @@ async def follow(runs: list[Run]) -> None:
             measurement = status.last_measurement
             if measurement is not None and measurement.at != run.measured:  # the analysis, live
                 run.measured = measurement.at
-                figures = ", ".join(
-                    f"{c.name} {'no data' if c.value is None else f'{c.value:.3g}'}" for c in measurement.checks
-                )
                 print(
                     f"{run.label:<10} {measurement.at:%Y-%m-%dT%H:%M:%SZ}  {'measured':<13} "
-                    f"{figures} at {status.weight}%: {measurement.verdict.value}",
+                    f"{describe_figures(measurement.checks)} at {status.weight}%: {measurement.verdict.value}",
                     flush=True,
                 )
             if status.phase == Phase.AWAITING_APPROVAL and run.approve_as:

@@ -172,8 +172,7 @@ class FakeCluster:
         """Hang for a `hanging` image; fail as the real wait does for a `never_ready` name, image
         or `name image` (one Deployment with one image)."""
         await self._hang(wait.name)
-        image = self.deployments.get(wait.name)
-        if {wait.name, image, f"{wait.name} {image}"} & self.never_ready:
+        if self._named(wait.name, self.never_ready):
             self.actions.append(f"{action} {wait.name}")
             raise ApplicationError(
                 f"Deployment {wait.namespace}/{wait.name} did not {what} by its progress deadline",
@@ -181,10 +180,14 @@ class FakeCluster:
                 non_retryable=True,
             )
 
-    async def _hang(self, name: str) -> None:
-        """Pods of a `hanging` image (or `name image`): wait (heartbeating) until the workflow cancels the wait."""
+    def _named(self, name: str, entries: set[str]) -> bool:
+        """Whether Deployment `name` (running its image now) is among `entries`: by name, image or `name image`."""
         image = self.deployments.get(name)
-        if {image, f"{name} {image}"} & self.hanging:
+        return bool({name, image, f"{name} {image}"} & entries)
+
+    async def _hang(self, name: str) -> None:
+        """Pods of a `hanging` name, image or `name image`: wait (heartbeating) until the workflow cancels the wait."""
+        if self._named(name, self.hanging):
             await self._heartbeat_until_cancelled()
 
     async def _heartbeat_until_cancelled(self) -> None:

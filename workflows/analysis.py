@@ -66,6 +66,11 @@ def format_value(value: float | None) -> str:
     return "no data" if value is None else f"{value:.4g}"
 
 
+def describe_figures(checks: list[CheckOutcome]) -> str:
+    """`error-rate 0.004, p99-latency no data`: each check's value, for a record or a console."""
+    return ", ".join(f"{check.name} {format_value(check.value)}" for check in checks)
+
+
 def relative_bounds(relative: RelativeBound) -> list[tuple[bool, str, Callable[[float], float], str]]:
     """Each relative bound set: (upper bound?, how it reads after the stable version's name,
     the limit given stable's value, how a breach reads before "stable's value").

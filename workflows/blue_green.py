@@ -32,7 +32,6 @@ with workflow.unsafe.imports_passed_through():
         Outcome,
         Phase,
         ServiceRef,
-        ServiceSpec,
         format_duration,
     )
 
@@ -109,13 +108,7 @@ class BlueGreenWorkflow(DeploymentWorkflow):
                 await self.kubernetes(
                     "ensure colour Service",
                     KubernetesActivities.ensure_service,
-                    ServiceSpec(
-                        namespace=spec.namespace,
-                        name=f"{spec.app}-{new}",
-                        app=spec.app,
-                        selector={"app": spec.app, "version": new},
-                        target_port=spec.container_port,
-                    ),
+                    self.service_spec(f"{spec.app}-{new}", {"app": spec.app, "version": new}),
                     summary=f"ensure Service {spec.app}-{new} for the smoke test",
                 )
             self.set_phase(Phase.SMOKE_TESTING, f"smoke testing {new}")

@@ -30,7 +30,6 @@ with workflow.unsafe.imports_passed_through():
         Outcome,
         Phase,
         ScaleRequest,
-        ServiceSpec,
         WeightChange,
         WorkloadSpec,
         format_duration,
@@ -130,7 +129,7 @@ class CanaryWorkflow(DeploymentWorkflow):
         await self.kubernetes(
             "ensure Service",
             KubernetesActivities.ensure_service,
-            self._service(spec.app, {"app": spec.app}),
+            self.service_spec(spec.app, {"app": spec.app}),
             summary=f"ensure Service {spec.app} (both subsets)",
         )
         if self.previous_image is None:
@@ -145,7 +144,7 @@ class CanaryWorkflow(DeploymentWorkflow):
         await self.kubernetes(
             "ensure canary Service",
             KubernetesActivities.ensure_service,
-            self._service(canary_service, {"app": spec.app, "version": self.target.canary_subset}),
+            self.service_spec(canary_service, {"app": spec.app, "version": self.target.canary_subset}),
             summary=f"ensure Service {canary_service} for smoke tests",
         )
         self.set_phase(Phase.SMOKE_TESTING, f"smoke testing {self.canary_name}")
@@ -260,14 +259,6 @@ class CanaryWorkflow(DeploymentWorkflow):
     def _workload(self, version: str, name: str) -> WorkloadSpec:
         return workload_spec(self.spec, version, self.spec.routed.progress_deadline, name)
 
-    def _service(self, name: str, selector: dict[str, str]) -> ServiceSpec:
-        return ServiceSpec(
-            namespace=self.spec.namespace,
-            name=name,
-            app=self.spec.app,
-            selector=selector,
-            target_port=self.spec.container_port,
-        )
 
 
 def plan(spec: DeploymentSpec) -> list[str]:

@@ -17,7 +17,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey, SearchAttributePair
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState
 
-from workflows.analysis import AnalysisLimits, Variants, judge, queries
+from workflows.analysis import AnalysisLimits, Variants, describe_figures, format_value, judge, queries
 from workflows.telemetry import Reporter
 
 with workflow.unsafe.imports_passed_through():
@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         RolloutState,
         RolloutWait,
+        ServiceSpec,
         ServiceSwitch,
         SmokeCheck,
         SmokeResult,
@@ -328,8 +329,8 @@ class DeploymentWorkflow:
             rows = [("check", "value", "baseline", "bound", "verdict")] + [
                 (
                     check.name,
-                    "no data" if check.value is None else f"{check.value:.4g}",
-                    "" if check.baseline is None else f"{check.baseline:.4g}",
+                    format_value(check.value),
+                    "" if check.baseline is None else format_value(check.baseline),
                     check.bound,
                     check.verdict.value,
                 )
@@ -425,6 +426,16 @@ class DeploymentWorkflow:
         )
         self.record("restored" if outcome.restored else "notRestored", outcome.message)
         return None if outcome.restored else outcome.message
+
+    def service_spec(self, name: str, selector: dict[str, str]) -> ServiceSpec:
+        """A Service of the app that tidegate creates when it is missing (port 80 to the container's)."""
+        return ServiceSpec(
+            namespace=self.spec.namespace,
+            name=name,
+            app=self.spec.app,
+            selector=selector,
+            target_port=self.spec.container_port,
+        )
 
     async def roll_out(self, workload: WorkloadSpec, deadline: timedelta) -> RolloutState:
         """Apply a Deployment and wait until its rollout completes, failing at the deadline."""
@@ -651,9 +662,7 @@ class DeploymentWorkflow:
             await self.measure_until_a_pass(None, now=False)
         if analysis is not None:
             last = self.last_measurement
-            figures = ", ".join(
-                f"{c.name} {'no data' if c.value is None else f'{c.value:.4g}'}" for c in (last.checks if last else [])
-            )
+            figures = describe_figures(last.checks if last else [])
             self.record("analysis", f"{what}: {passed} measurement(s) passed" + (f"; last: {figures}" if figures else ""))
         if duration is None:
             decision = self.approval or self.promotion

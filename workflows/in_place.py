@@ -29,7 +29,6 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         PodsObserved,
         PodsWait,
-        ServiceSpec,
         format_duration,
     )
 
@@ -101,13 +100,7 @@ class InPlaceWorkflow(DeploymentWorkflow):
         await self.kubernetes(
             "ensure Service",
             KubernetesActivities.ensure_service,
-            ServiceSpec(
-                namespace=spec.namespace,
-                name=spec.app,
-                app=spec.app,
-                selector={"app": spec.app},
-                target_port=spec.container_port,
-            ),
+            self.service_spec(spec.app, {"app": spec.app}),
             summary=f"ensure Service {spec.app}",
         )
 
